@@ -1,0 +1,95 @@
+"""Image I/O and layout helpers: everything inside nst_core is ``[B,3,H,W]`` RGB float in 0..1."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+
+def load_image(path: str, long_edge: Optional[int] = None) -> torch.Tensor:
+    """Read an image file as ``[1,3,H,W]`` RGB 0..1; alpha is composited on white, gray expanded."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image not found: {path!r}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+                rgba = im.convert("RGBA")
+                bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(bg, rgba)
+            rgb = im.convert("RGB")
+    except UnidentifiedImageError:
+        raise ValueError(f"{path!r} is not an image file PIL can read (PNG, JPEG, WebP, …)") from None
+    t = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
+    return resize_long_edge(t, long_edge) if long_edge else t
+
+
+def save_image(image: torch.Tensor, path: str) -> None:
+    """Write ``[1,3,H,W]`` or ``[3,H,W]`` 0..1 as an 8-bit file (format from the extension)."""
+    if image.dim() == 4:
+        if image.shape[0] != 1:
+            raise ValueError(f"save_image takes one image; got a batch of {image.shape[0]}")
+        image = image[0]
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    to_pil(image).save(path)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """``[3,H,W]`` (or ``[1,3,H,W]``) 0..1 → 8-bit PIL RGB image."""
+    if image.dim() == 4:
+        image = image[0]
+    arr = (image.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
+    return Image.fromarray(arr, "RGB")
+
+
+def fit_long_edge(hw: Tuple[int, int], long_edge: int) -> Tuple[int, int]:
+    """(H, W) scaled so the longer side is ``long_edge``, aspect kept, each side ≥ 1."""
+    h, w = hw
+    s = long_edge / max(h, w)
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+def resize(image: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
+    """Resize ``[B,C,H,W]`` to ``hw`` (antialiased bicubic when shrinking), clamped to 0..1."""
+    if tuple(image.shape[-2:]) == tuple(hw):
+        return image
+    out = F.interpolate(image, size=hw, mode="bicubic", align_corners=False, antialias=True)
+    return out.clamp(0, 1)
+
+
+def resize_long_edge(image: torch.Tensor, long_edge: int) -> torch.Tensor:
+    """Resize so the longer side is ``long_edge``."""
+    return resize(image, fit_long_edge(tuple(image.shape[-2:]), long_edge))
+
+
+def as_rgb_batch(image: torch.Tensor, name: str = "image") -> torch.Tensor:
+    """Validate a ``[B,C,H,W]``/``[C,H,W]`` tensor and return ``[B,3,H,W]`` float RGB in 0..1.
+
+    One channel is expanded to gray RGB; a 4th (alpha) channel is composited over white.
+    """
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor [B,3,H,W] in 0..1, got {type(image).__name__}")
+    if image.dim() == 3:
+        image = image.unsqueeze(0)
+    if image.dim() != 4:
+        raise ValueError(f"{name} must have shape [B,3,H,W]; got {list(image.shape)}")
+    b, c, h, w = image.shape
+    if b == 0 or h == 0 or w == 0:
+        raise ValueError(f"{name} is empty (shape {list(image.shape)}); give at least one image of at least 1×1 pixels")
+    if c not in (1, 3, 4):
+        raise ValueError(f"{name} has {c} channels; accepted are 1 (gray), 3 (RGB) or 4 (RGBA)")
+    image = image.float()
+    if not torch.isfinite(image).all():
+        raise ValueError(f"{name} contains NaN or Inf pixels; give finite values in 0..1")
+    if c == 1:
+        image = image.expand(b, 3, h, w)
+    elif c == 4:
+        alpha = image[:, 3:4].clamp(0, 1)
+        image = image[:, :3] * alpha + (1 - alpha)
+    return image.clamp(0, 1)

@@ -1,0 +1,93 @@
+"""Named settings (``seed``, ``fast``, ``quality``): data that the CLI, the nodes and the benchmarks read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Dict, Optional, Tuple
+
+OPTIMIZERS = ("adam", "lbfgs")
+INITS = ("content", "noise", "gray")
+DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How the image is optimised. Every field has a sensible default; presets override a few."""
+
+    optimizer: str = "adam"
+    steps: int = 200  # iterations at each pyramid scale after the first (L-BFGS: function evaluations)
+    first_steps: Optional[int] = None  # iterations at the smallest scale (default: ``steps``)
+    min_size: int = 128  # smallest pyramid long edge; ≥ the output size means a single scale
+    lr: float = 0.02  # Adam learning rate (image values are in 0..1)
+    ema_decay: float = 0.99  # Adam: the output is the bias-corrected running average of the iterates
+    content_weight: float = 1.0
+    style_weight: float = 1.0
+    tv_weight: float = 0.0
+    lbfgs_max_iter: int = 20  # L-BFGS iterations between clips to [0,1]
+    lbfgs_history: int = 100  # upper bound; also bounded by image size (``lbfgs_memory_mb``)
+    lbfgs_memory_mb: int = 1024
+    init: str = "content"
+    seed: int = 0
+    loss_every: int = 10  # read the losses back (a device sync) every N steps
+    preview_every: int = 0  # call the preview callback every N steps (0: never)
+    channels_last: bool = False
+    autocast_bf16: bool = False  # run the network in bf16 (CUDA); losses stay fp32
+
+    def replace(self, **changes: Any) -> "Settings":
+        """A copy with ``changes`` applied; ``None`` values are ignored (handy for CLI flags)."""
+        known = {f.name for f in fields(self)}
+        bad = sorted(k for k in changes if k not in known)
+        if bad:
+            raise ValueError(f"unknown setting(s) {bad}; known settings are {sorted(known)}")
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Target choices plus optimisation settings."""
+
+    name: str
+    description: str
+    content_layer: str = "relu4_2"
+    style_layers: Tuple[str, ...] = DEFAULT_STYLE_LAYERS
+    style_layer_weights: Optional[Tuple[float, ...]] = None
+    statistic: str = "moments"
+    settings: Settings = field(default_factory=Settings)
+
+
+PRESETS: Dict[str, Preset] = {
+    "seed": Preset(
+        name="seed",
+        description="The original notebook's recipe: normalised Gram on relu1_1…relu5_1, conv5_1 content, "
+        "L-BFGS 10×20 iterations with a clip to [0,1] after each, content init, one scale.",
+        content_layer="conv5_1",
+        statistic="gram_normalized",
+        settings=Settings(optimizer="lbfgs", steps=200, min_size=1 << 30, content_weight=1.0,
+                          style_weight=1e3, lbfgs_max_iter=20, lbfgs_history=100),
+    ),
+    "fast": Preset(
+        name="fast",
+        description="A quick look: mean/covariance (W2) style loss, Adam with an averaged iterate, "
+        "two pyramid scales, few iterations.",
+        style_layer_weights=(4.0, 2.0, 1.0, 1.0, 1.0),
+        settings=Settings(optimizer="adam", steps=60, first_steps=80, min_size=180, lr=0.03,
+                          ema_decay=0.95, content_weight=0.8, style_weight=1.0, tv_weight=2.0),
+    ),
+    "quality": Preset(
+        name="quality",
+        description="The default: mean/covariance (W2) style loss, relu4_2 content, Adam with an averaged "
+        "iterate over a √2 pyramid from 128 px, content init.",
+        style_layer_weights=(4.0, 2.0, 1.0, 1.0, 1.0),
+        settings=Settings(optimizer="adam", steps=150, first_steps=300, min_size=128, lr=0.02,
+                          ema_decay=0.97, content_weight=0.8, style_weight=1.0, tv_weight=2.0),
+    ),
+}
+
+DEFAULT_PRESET = "quality"
+
+
+def get_preset(name: str) -> Preset:
+    """Look a preset up by name, with a clear error listing the choices."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,101 @@
+"""Style statistics of feature maps: normalised Gram, Gram, and mean/covariance (moments).
+
+Each statistic is a tuple of tensors with a leading batch dimension, so several style images can be
+blended by a weighted average of their statistics (valid for all three: they are linear in the
+per-image averages they are built from).
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+STATISTICS = ("gram_normalized", "gram", "moments")
+
+Stat = Tuple[torch.Tensor, ...]
+
+
+def _flat(features: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = features.shape
+    return features.reshape(b, c, h * w)
+
+
+def gram_normalized(features: torch.Tensor) -> Stat:
+    """Gram of per-channel L2-normalised features (channel cosine similarities), ``[B,C,C]``."""
+    f = _flat(features)
+    f = f / f.norm(dim=2, keepdim=True).clamp_min(1e-8)
+    return (f @ f.transpose(1, 2),)
+
+
+def gram(features: torch.Tensor) -> Stat:
+    """Gram matrix divided by C·H·W, ``[B,C,C]``."""
+    f = _flat(features)
+    b, c, n = f.shape
+    return (f @ f.transpose(1, 2) / (c * n),)
+
+
+def moments(features: torch.Tensor) -> Stat:
+    """Mean ``[B,C]`` and raw second moment ``[B,C,C]`` (F·Fᵀ / H·W); covariance is derived from them."""
+    f = _flat(features)
+    n = f.shape[2]
+    return f.mean(dim=2), f @ f.transpose(1, 2) / n
+
+
+def compute(statistic: str, features: torch.Tensor) -> Stat:
+    """Dispatch to the named statistic."""
+    if statistic == "gram_normalized":
+        return gram_normalized(features)
+    if statistic == "gram":
+        return gram(features)
+    if statistic == "moments":
+        return moments(features)
+    raise ValueError(f"statistic {statistic!r} is not supported; choose one of {list(STATISTICS)}")
+
+
+def blend(stats: "list[Stat]", weights: "list[float]") -> Stat:
+    """Weighted average of several single-image statistics (weights are normalised to sum 1)."""
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("style blend weights must add up to more than 0")
+    parts = len(stats[0])
+    return tuple(sum(s[i] * (w / total) for s, w in zip(stats, weights)) for i in range(parts))
+
+
+def covariance(mean: torch.Tensor, second: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Σ = S − μμᵀ + eps·I (eps relative to the mean variance, keeps Σ positive definite)."""
+    cov = second - mean.unsqueeze(-1) * mean.unsqueeze(-2)
+    c = cov.shape[-1]
+    scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
+    eye = torch.eye(c, device=cov.device, dtype=cov.dtype)
+    return cov + (eps * scale)[..., None, None] * eye
+
+
+def sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
+    """Principal square root of a symmetric positive semi-definite matrix (no gradient needed)."""
+    vals, vecs = torch.linalg.eigh(matrix)
+    return (vecs * vals.clamp_min(0).sqrt().unsqueeze(-2)) @ vecs.transpose(-1, -2)
+
+
+class _TraceSqrtm(torch.autograd.Function):
+    """tr(√M) for symmetric PSD M, with the exact gradient ½·M^(−½) (a spectral function, so stable)."""
+
+    @staticmethod
+    def forward(ctx, m: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        vals, vecs = torch.linalg.eigh(m)
+        vals = vals.clamp_min(1e-12 * vals.abs().amax(-1, keepdim=True).clamp_min(1e-30))
+        ctx.save_for_backward(vals, vecs)
+        return vals.sqrt().sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        vals, vecs = ctx.saved_tensors
+        inv_sqrt = 0.5 / vals.sqrt()
+        g = (vecs * inv_sqrt.unsqueeze(-2)) @ vecs.transpose(-1, -2)
+        return g * grad[..., None, None]
+
+
+def trace_sqrtm(matrix: torch.Tensor) -> torch.Tensor:
+    """tr(√M) over the last two dims, differentiable; M is symmetrised first."""
+    m = 0.5 * (matrix + matrix.transpose(-1, -2))
+    return _TraceSqrtm.apply(m)

@@ -1,0 +1,87 @@
+"""The three jobs in one call each: style transfer, single-layer reconstruction, texture synthesis."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+
+from .extractor import Extractor
+from .image import resize_long_edge
+from .optimize import Init, PreviewFn, ProgressFn, CancelFn, optimize
+from .presets import DEFAULT_PRESET, get_preset
+from .targets import ContentTarget, StyleTarget
+
+
+def transfer(
+    extractor: Extractor,
+    content: torch.Tensor,
+    styles: "torch.Tensor | Sequence[torch.Tensor]",
+    preset: str = DEFAULT_PRESET,
+    size: Optional[int] = None,
+    content_layer: Optional[str] = None,
+    style_layers: "Optional[str | Sequence[str]]" = None,
+    style_layer_weights: Optional[Sequence[float]] = None,
+    statistic: Optional[str] = None,
+    style_blend: Optional[Sequence[float]] = None,
+    style_scale: float = 1.0,
+    init: Init = "content",
+    progress: Optional[ProgressFn] = None,
+    preview: Optional[PreviewFn] = None,
+    cancel: Optional[CancelFn] = None,
+    **settings: Any,
+) -> torch.Tensor:
+    """Stylise ``content`` (``[B,3,H,W]`` 0..1) with ``styles``; extra keywords override the preset's settings."""
+    p = get_preset(preset)
+    if size:
+        content = resize_long_edge(content, size)
+    layers = style_layers or p.style_layers
+    weights = style_layer_weights
+    if weights is None and style_layers is None:
+        weights = p.style_layer_weights
+    c = ContentTarget.create(extractor, content, content_layer or p.content_layer)
+    s = StyleTarget.create(extractor, styles, layers, weights, statistic or p.statistic, style_blend, style_scale)
+    return optimize(extractor, c, s, init, p.settings.replace(**settings), None, progress, preview, cancel)
+
+
+def reconstruct(
+    extractor: Extractor,
+    content: torch.Tensor,
+    layer: str = "relu4_2",
+    size: Optional[int] = None,
+    steps: int = 300,
+    init: Init = "noise",
+    progress: Optional[ProgressFn] = None,
+    preview: Optional[PreviewFn] = None,
+    cancel: Optional[CancelFn] = None,
+    **settings: Any,
+) -> torch.Tensor:
+    """Rebuild an image from one layer's activations alone, starting from noise (L-BFGS, one scale)."""
+    if size:
+        content = resize_long_edge(content, size)
+    c = ContentTarget.create(extractor, content, layer)
+    base = get_preset("seed").settings.replace(steps=steps, content_weight=1.0, tv_weight=0.0)
+    return optimize(extractor, c, None, init, base.replace(**settings), None, progress, preview, cancel)
+
+
+def texture(
+    extractor: Extractor,
+    styles: "torch.Tensor | Sequence[torch.Tensor]",
+    preset: str = DEFAULT_PRESET,
+    size: int = 512,
+    style_layers: "Optional[str | Sequence[str]]" = None,
+    statistic: Optional[str] = None,
+    style_blend: Optional[Sequence[float]] = None,
+    style_scale: float = 1.0,
+    init: Init = "noise",
+    progress: Optional[ProgressFn] = None,
+    preview: Optional[PreviewFn] = None,
+    cancel: Optional[CancelFn] = None,
+    **settings: Any,
+) -> torch.Tensor:
+    """Synthesise a ``size``×``size`` texture from the style image(s) alone, starting from noise."""
+    p = get_preset(preset)
+    weights = p.style_layer_weights if style_layers is None else None
+    s = StyleTarget.create(extractor, styles, style_layers or p.style_layers, weights,
+                           statistic or p.statistic, style_blend, style_scale)
+    return optimize(extractor, None, s, init, p.settings.replace(**settings), size, progress, preview, cancel)
