@@ -34,12 +34,19 @@ class Settings:
     autocast_bf16: bool = False  # run the network in bf16 (CUDA); losses stay fp32
 
     def replace(self, **changes: Any) -> "Settings":
-        """A copy with ``changes`` applied; ``None`` values are ignored (handy for CLI flags)."""
+        """A copy with ``changes`` applied; ``None`` values are ignored (handy for CLI flags).
+
+        Changing ``steps`` alone scales ``first_steps`` by the same factor.
+        """
         known = {f.name for f in fields(self)}
         bad = sorted(k for k in changes if k not in known)
         if bad:
             raise ValueError(f"unknown setting(s) {bad}; known settings are {sorted(known)}")
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "steps" in changes and "first_steps" not in changes and self.first_steps is not None:
+            # keep the preset's ratio between the first scale and the others
+            changes["first_steps"] = max(1, round(self.first_steps * int(changes["steps"]) / max(self.steps, 1)))
+        return replace(self, **changes)
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ PRESETS: Dict[str, Preset] = {
         "two pyramid scales, few iterations.",
         style_layer_weights=(4.0, 2.0, 1.0, 1.0, 1.0),
         settings=Settings(optimizer="adam", steps=60, first_steps=80, min_size=180, lr=0.03,
-                          ema_decay=0.95, content_weight=0.8, style_weight=1.0, tv_weight=2.0),
+                          ema_decay=0.95, content_weight=0.15, style_weight=1.0, tv_weight=2.0),
     ),
     "quality": Preset(
         name="quality",
@@ -79,7 +86,7 @@ PRESETS: Dict[str, Preset] = {
         "iterate over a √2 pyramid from 128 px, content init.",
         style_layer_weights=(4.0, 2.0, 1.0, 1.0, 1.0),
         settings=Settings(optimizer="adam", steps=150, first_steps=300, min_size=128, lr=0.02,
-                          ema_decay=0.97, content_weight=0.8, style_weight=1.0, tv_weight=2.0),
+                          ema_decay=0.97, content_weight=0.15, style_weight=1.0, tv_weight=2.0),
     ),
 }
 

@@ -1,0 +1,22 @@
+"""ComfyUI nodes over nst_core: thin classes that validate, convert, call the engine and convert back."""
+
+from . import comfy_bridge
+from .extractor_node import LoadVGGExtractor
+from .optimize_node import StyleTransferOptimizeNode
+from .target_nodes import ContentTargetNode, GramStyleTargetNode
+
+comfy_bridge.register_vgg_folder()
+
+NODE_CLASS_MAPPINGS = {
+    "NST_LoadVGGExtractor": LoadVGGExtractor,
+    "NST_ContentTarget": ContentTargetNode,
+    "NST_GramStyleTarget": GramStyleTargetNode,
+    "NST_StyleTransferOptimize": StyleTransferOptimizeNode,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "NST_LoadVGGExtractor": "Load VGG Extractor",
+    "NST_ContentTarget": "Content Target",
+    "NST_GramStyleTarget": "Gram Style Target",
+    "NST_StyleTransferOptimize": "Style Transfer Optimize",
+}

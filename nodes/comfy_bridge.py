@@ -1,0 +1,111 @@
+"""The only module that touches ComfyUI (``comfy.*``, ``folder_paths``).
+
+Everything degrades to plain CPU behaviour when ComfyUI is absent, so the nodes can be imported and
+exercised by unit tests without a server.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Tuple
+
+import torch
+
+try:  # inside ComfyUI
+    import comfy.model_management as _mm
+    import comfy.utils as _cu
+    import folder_paths as _fp
+except ImportError:  # plain Python (unit tests, docs)
+    _mm = _cu = _fp = None
+
+VGG_FOLDER = "vgg"
+WEIGHT_EXTENSIONS = {".pth", ".pt", ".bin", ".safetensors"}
+
+
+def register_vgg_folder() -> None:
+    """Register ``models/vgg`` (and ``extra_model_paths.yaml`` entries named ``vgg``) with ComfyUI."""
+    if _fp is None:
+        return
+    path = os.path.join(_fp.models_dir, VGG_FOLDER)
+    paths, exts = _fp.folder_names_and_paths.get(VGG_FOLDER, ([], set()))
+    paths = list(paths) + ([path] if path not in paths else [])
+    _fp.folder_names_and_paths[VGG_FOLDER] = (paths, set(exts) | WEIGHT_EXTENSIONS)
+
+
+def vgg_files() -> List[str]:
+    """Weight files found in ComfyUI's ``vgg`` model folders."""
+    if _fp is None:
+        return []
+    try:
+        return sorted(_fp.get_filename_list(VGG_FOLDER))
+    except Exception:  # a missing folder must not break the node list
+        return []
+
+
+def vgg_path(name: str) -> str:
+    """Full path of a file listed by :func:`vgg_files`, or a clear error."""
+    path = _fp.get_full_path(VGG_FOLDER, name) if _fp is not None else None
+    if not path:
+        raise ValueError(f"VGG weights file {name!r} is not in ComfyUI's models/vgg folder; put it there and refresh")
+    return path
+
+
+def compute_device() -> torch.device:
+    """The device ComfyUI runs models on (honours ``--cpu``)."""
+    return _mm.get_torch_device() if _mm is not None else torch.device("cpu")
+
+
+def offload_device() -> torch.device:
+    """Where the network waits between runs."""
+    return _mm.unet_offload_device() if _mm is not None else torch.device("cpu")
+
+
+def output_device() -> torch.device:
+    """Where IMAGE outputs go (``intermediate_device``)."""
+    return _mm.intermediate_device() if _mm is not None else torch.device("cpu")
+
+
+def make_room(num_bytes: int, device: torch.device) -> None:
+    """Ask ComfyUI to evict its managed models so ``num_bytes`` fit on ``device``."""
+    if _mm is not None and device.type != "cpu":
+        _mm.free_memory(num_bytes, device)
+
+
+def empty_cache() -> None:
+    """Give cached accelerator memory back (no-op on CPU)."""
+    if _mm is not None:
+        _mm.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def oom_errors() -> Tuple[type, ...]:
+    """Exception types that mean 'out of memory'."""
+    types = [torch.cuda.OutOfMemoryError]
+    if _mm is not None and getattr(_mm, "OOM_EXCEPTION", None) is not None:
+        types.append(_mm.OOM_EXCEPTION)
+    return tuple(types)
+
+
+def check_interrupt() -> bool:
+    """Raise ComfyUI's interrupt exception if the user pressed Cancel; otherwise return False."""
+    if _mm is not None:
+        _mm.throw_exception_if_processing_interrupted()
+    return False
+
+
+class Progress:
+    """ComfyUI's progress bar with optional live JPEG previews (created inside the node call)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = max(1, int(total))
+        self.bar = _cu.ProgressBar(self.total) if _cu is not None else None
+
+    def update(self, step: int, preview: Optional["object"] = None) -> None:
+        """Report ``step``; ``preview`` is a PIL image shown on the node while it runs."""
+        if self.bar is None:
+            return
+        if preview is not None:
+            self.bar.update_absolute(step, self.total, ("JPEG", preview, 512))
+        else:
+            self.bar.update_absolute(step, self.total)

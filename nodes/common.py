@@ -1,0 +1,6 @@
+"""Shared constants of the nodes."""
+
+CATEGORY = "style_transfer"
+EXTRACTOR = "NST_EXTRACTOR"
+CONTENT_TARGET = "NST_CONTENT_TARGET"
+STYLE_TARGET = "NST_STYLE_TARGET"

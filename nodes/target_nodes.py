@@ -1,0 +1,160 @@
+"""Content Target and Gram Style Target."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+from ..nst_core.layers import layer_names, parse_layers
+from ..nst_core.presets import DEFAULT_PRESET, get_preset
+from ..nst_core.statistics import STATISTICS
+from ..nst_core.targets import ContentTarget, StyleTarget
+from . import comfy_bridge as bridge
+from .common import CATEGORY, CONTENT_TARGET, EXTRACTOR, STYLE_TARGET
+from .convert import extractor_on, image_to_nst
+
+CUSTOM = "custom (use custom_layers)"
+LAYER_SETS = {
+    "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1": "Gatys et al.: all five blocks (default)",
+    "relu1_1,relu2_1,relu3_1,relu4_1": "four blocks: finer texture, less large-scale structure",
+    "relu2_1,relu3_1,relu4_1,relu5_1": "skip block 1: fewer colour speckles, bolder strokes",
+    "relu1_1,relu2_1,relu3_1": "shallow only: colours and fine texture",
+}
+
+
+def parse_floats(text: str, what: str) -> Optional[List[float]]:
+    """``"4, 2, 1"`` → ``[4.0, 2.0, 1.0]``; empty text → None; clear error otherwise."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        return [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated numbers like '4,2,1,1,1'; got {text!r}") from None
+
+
+class ContentTargetNode:
+    DESCRIPTION = (
+        "Captures one layer's activations of the content image. Deeper layers keep the layout but let go "
+        "of exact colours and edges (relu4_2 is the classic choice). A batch gives one output per image."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (CONTENT_TARGET,)
+    RETURN_NAMES = ("content_target",)
+    OUTPUT_TOOLTIPS = ("The content target, computed once and reused when only optimiser settings change.",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "extractor": (EXTRACTOR, {"tooltip": "From Load VGG Extractor."}),
+                "image": ("IMAGE", {"tooltip": "The content image (a batch gives several outputs)."}),
+                "layer": (layer_names("vgg19"), {
+                    "default": get_preset(DEFAULT_PRESET).content_layer,
+                    "tooltip": "Layer whose activations must be matched: shallow = close to the photo, "
+                               "deep = freer (relu4_2 default; conv5_1 is the seed recipe).",
+                }),
+                "weight": ("FLOAT", {
+                    "default": 1.0, "min": 0.0, "max": 1000.0, "step": 0.05,
+                    "tooltip": "Multiplies the preset's content weight: higher keeps more of the photo.",
+                }),
+            }
+        }
+
+    def build(self, extractor, image, layer, weight):
+        img = image_to_nst(image, "content image")
+        with extractor_on(extractor, bridge.compute_device()) as ext:
+            target = ContentTarget.create(ext, img, layer, weight)
+        return (target.to("cpu"),)
+
+
+class GramStyleTargetNode:
+    DESCRIPTION = (
+        "Captures the style statistics (Gram matrices or mean/covariance) of several layers of the style "
+        "image(s). A batch counts as several style images; chain nodes through add_to to blend styles."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (STYLE_TARGET,)
+    RETURN_NAMES = ("style_target",)
+    OUTPUT_TOOLTIPS = ("The style target; feed it to Style Transfer Optimize or to another style node's add_to.",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "extractor": (EXTRACTOR, {"tooltip": "From Load VGG Extractor."}),
+                "image": ("IMAGE", {"tooltip": "Style image(s); every image of a batch is blended equally."}),
+                "layers": (list(LAYER_SETS) + [CUSTOM], {
+                    "default": next(iter(LAYER_SETS)),
+                    "tooltip": "Which layers' statistics define the style. " +
+                               " | ".join(f"{k}: {v}" for k, v in LAYER_SETS.items()),
+                }),
+                "custom_layers": ("STRING", {
+                    "default": "", "multiline": False,
+                    "tooltip": "With layers = custom: a comma list such as relu1_1,relu3_1,relu5_1.",
+                }),
+                "layer_weights": ("STRING", {
+                    "default": "", "multiline": False,
+                    "tooltip": "Comma list, one weight per layer (e.g. 4,2,1,1,1). Empty: the preset's weights "
+                               "for the default layers, equal weights otherwise.",
+                }),
+                "statistic": (list(STATISTICS), {
+                    "default": get_preset(DEFAULT_PRESET).statistic,
+                    "tooltip": "moments: mean+covariance with a Wasserstein loss (best quality); gram: "
+                               "Gram/(CHW); gram_normalized: the seed notebook's cosine Gram.",
+                }),
+                "style_scale": ("FLOAT", {
+                    "default": 1.0, "min": 0.05, "max": 8.0, "step": 0.05,
+                    "tooltip": "Size of the style's brush strokes relative to the output: below 1 finer, "
+                               "above 1 coarser (needs a large enough style image).",
+                }),
+            },
+            "optional": {
+                "add_to": (STYLE_TARGET, {"tooltip": "Another style target to blend this one into."}),
+                "blend_weight": ("FLOAT", {
+                    "default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05,
+                    "tooltip": "Weight of this node's image(s) relative to add_to's (1 = equal mix).",
+                }),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, **kwargs):
+        try:
+            resolve_layers(kwargs.get("layers"), kwargs.get("custom_layers"), kwargs.get("layer_weights"))
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    def build(self, extractor, image, layers, custom_layers, layer_weights, statistic, style_scale,
+              add_to=None, blend_weight=1.0):
+        names, weights = resolve_layers(layers, custom_layers, layer_weights)
+        img = image_to_nst(image, "style image")
+        with extractor_on(extractor, bridge.compute_device()) as ext:
+            target = StyleTarget.create(ext, img, names, weights, statistic, None, style_scale)
+        target = target.to("cpu")
+        if add_to is not None:
+            target = add_to.blend(target, blend_weight)
+        return (target,)
+
+
+def resolve_layers(layers, custom_layers, layer_weights):
+    """The node's layer choice → (names, weights or None), validated."""
+    if layers is None:  # linked or absent at validation time
+        return None, None
+    preset = get_preset(DEFAULT_PRESET)
+    if layers == CUSTOM:
+        if not (custom_layers or "").strip():
+            raise ValueError("layers is 'custom' but custom_layers is empty; give e.g. relu1_1,relu3_1,relu5_1")
+        names = parse_layers(custom_layers)
+    else:
+        names = parse_layers(layers)
+    weights = parse_floats(layer_weights, "layer_weights")
+    if weights is None and tuple(names) == preset.style_layers:
+        weights = list(preset.style_layer_weights) if preset.style_layer_weights else None
+    if weights is not None and len(weights) != len(names):
+        raise ValueError(f"layer_weights has {len(weights)} numbers for {len(names)} layers; give one per layer")
+    if weights is not None and any(w < 0 for w in weights):
+        raise ValueError(f"layer_weights must be ≥ 0; got {weights}")
+    return names, weights
