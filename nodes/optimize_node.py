@@ -61,7 +61,7 @@ class StyleTransferOptimizeNode:
                                "for a pure texture.",
                 }),
                 "seed": ("INT", {
-                    "default": 0, "min": 0, "max": 0xFFFFFFFF,
+                    "default": 0, "min": 0, "max": 0xFFFFFFFF, "control_after_generate": True,
                     "tooltip": "Seed of the noise/gray start image (same seed, same result on CPU).",
                 }),
             },
@@ -100,12 +100,8 @@ class StyleTransferOptimizeNode:
 
         try:
             with extractor_on(extractor, device) as ext:
-                out = optimize(
-                    ext,
-                    content_target.to(device) if content_target is not None else None,
-                    style_target.to(device) if style_target is not None else None,
-                    start, settings, size or None, on_progress, on_preview, bridge.check_interrupt,
-                )
+                out = optimize(ext, content_target, style_target, start, settings, size or None,
+                               on_progress, on_preview, bridge.check_interrupt)
         except bridge.oom_errors():
             bridge.empty_cache()
             raise RuntimeError(

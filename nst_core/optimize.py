@@ -204,6 +204,11 @@ def optimize(
     if isinstance(init, str) and init not in INITS:
         raise ValueError(f"init {init!r} is not supported; choose one of {list(INITS)} or pass an image tensor")
     final_hw = output_size(content, init, size)
+    if max(final_hw) > settings.max_size:
+        raise ValueError(
+            f"the output would be {final_hw[1]}×{final_hw[0]} px, above the maximum long edge of "
+            f"{settings.max_size} px; use a smaller size (or raise max_size if you have the memory)"
+        )
     layers = list(style.layers if style else []) + ([content.layer] if content else [])
     min_edge = extractor.min_edge(layers)
     if min(final_hw) < min_edge:

@@ -6,8 +6,9 @@ the pyramid (``at_size``) without touching the original.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import math
 
@@ -37,6 +38,26 @@ def _check_size(extractor: Extractor, image: torch.Tensor, layers: Sequence[str]
         )
 
 
+REFERENCE_EDGE = 1024  # style statistics stored at construction use at most this long edge
+
+
+class _Memo:
+    """Derived targets a target has already computed, kept on the CPU (the target itself never changes)."""
+
+    def __init__(self, limit: int = 8) -> None:
+        self.limit = limit
+        self.items: "OrderedDict[tuple, object]" = OrderedDict()
+
+    def get(self, key: tuple, compute: Callable[[], object], to: Callable[[object, str], object]) -> object:
+        """The value for ``key``: from the memo, or computed once and remembered."""
+        if key not in self.items:
+            self.items[key] = to(compute(), "cpu")
+            while len(self.items) > self.limit:
+                self.items.popitem(last=False)
+        self.items.move_to_end(key)
+        return self.items[key]
+
+
 def _features(extractor: Extractor, image: torch.Tensor, layers: Sequence[str]) -> Dict[str, torch.Tensor]:
     with torch.inference_mode(False), torch.no_grad():
         return extractor(image.to(extractor.device), list(layers))
@@ -51,6 +72,10 @@ class ContentTarget:
     image: torch.Tensor  # [B,3,H,W] 0..1
     features: torch.Tensor  # activations of `image` at `layer`
     extractor_signature: str
+    _memo: _Memo = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_memo", _Memo())
 
     @classmethod
     def create(cls, extractor: Extractor, image: torch.Tensor, layer: str = "relu4_2", weight: float = 1.0) -> "ContentTarget":
@@ -69,10 +94,15 @@ class ContentTarget:
         return tuple(self.image.shape[-2:])
 
     def at_size(self, extractor: Extractor, hw: Tuple[int, int]) -> torch.Tensor:
-        """The target activations for an output of size ``hw`` (recomputed from the image if needed)."""
+        """The target activations for an output of size ``hw`` (computed once per size, then remembered)."""
         if tuple(hw) == self.size:
             return self.features.to(extractor.device)
-        return _features(extractor, resize(self.image.to(extractor.device), hw), [self.layer])[self.layer]
+
+        def compute() -> torch.Tensor:
+            return _features(extractor, resize(self.image.to(extractor.device), hw), [self.layer])[self.layer]
+
+        feats = self._memo.get((extractor.signature, tuple(hw)), compute, lambda t, d: t.to(d))
+        return feats.to(extractor.device)
 
     def to(self, device: "torch.device | str") -> "ContentTarget":
         """A copy on ``device``."""
@@ -91,7 +121,11 @@ class StyleTarget:
     style_scale: float
     weight: float
     extractor_signature: str
-    targets: Dict[str, LayerStyle] = field(repr=False, compare=False)  # at the images' native sizes
+    targets: Dict[str, LayerStyle] = field(repr=False, compare=False)  # at the reference size
+    _memo: _Memo = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_memo", _Memo())
 
     @classmethod
     def create(
@@ -142,8 +176,11 @@ class StyleTarget:
         min_edge = extractor.min_edge(self.layers)
         for im in self.images:
             im = im.to(extractor.device)
-            if long_edge is not None:
-                im = resize(im, self.style_size(tuple(im.shape[-2:]), long_edge, min_edge))
+            hw = tuple(im.shape[-2:])
+            if long_edge is None:  # reference statistics: the image itself, at most REFERENCE_EDGE
+                im = resize(im, fit_long_edge(hw, min(max(hw), REFERENCE_EDGE)))
+            else:
+                im = resize(im, self.style_size(hw, long_edge, min_edge))
             feats = _features(extractor, im, self.layers)
             with torch.no_grad():
                 stats.append({n: st.compute(self.statistic, feats[n].float()) for n in self.layers})
@@ -166,8 +203,10 @@ class StyleTarget:
         return fit_long_edge(style_hw, want)
 
     def at_size(self, extractor: Extractor, long_edge: int) -> Dict[str, LayerStyle]:
-        """The per-layer targets for an output whose long edge is ``long_edge``."""
-        return self._compute(extractor, long_edge)
+        """The per-layer targets for an output whose long edge is ``long_edge`` (computed once per size)."""
+        found = self._memo.get((extractor.signature, int(long_edge)), lambda: self._compute(extractor, long_edge),
+                               lambda d, dev: {n: t.to(dev) for n, t in d.items()})
+        return {n: t.to(extractor.device) for n, t in found.items()}
 
     def blend(self, other: "StyleTarget", weight: float = 1.0) -> "StyleTarget":
         """A new target mixing this one's images with ``other``'s, each of ``other``'s scaled by ``weight``."""

@@ -1,0 +1,207 @@
+"""Write the example workflows: UI format in example_workflows/, API-format twins in tests/comfy/api_workflows/.
+
+One graph description produces both files, so the twins never drift apart. Run from the repo root:
+``python scripts/make_workflows.py`` (``--check`` exits 1 if the files on disk differ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UI_DIR = os.path.join(ROOT, "example_workflows")
+API_DIR = os.path.join(ROOT, "tests", "comfy", "api_workflows")
+BUNDLED = "original VGG19 (bundled)"
+
+# class -> (linked inputs [(name, type)], widget names, outputs [(name, type)])
+SPECS: Dict[str, Tuple[List[Tuple[str, str]], List[str], List[Tuple[str, str]]]] = {
+    "LoadImage": ([], ["image", "upload"], [("IMAGE", "IMAGE"), ("MASK", "MASK")]),
+    "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], []),
+    "PreviewImage": ([("images", "IMAGE")], [], []),
+    "ImageScale": ([("image", "IMAGE")], ["upscale_method", "width", "height", "crop"], [("IMAGE", "IMAGE")]),
+    "ImageScaleBy": ([("image", "IMAGE")], ["upscale_method", "scale_by"], [("IMAGE", "IMAGE")]),
+    "ImageBlend": ([("image1", "IMAGE"), ("image2", "IMAGE")], ["blend_factor", "blend_mode"], [("IMAGE", "IMAGE")]),
+    "NST_LoadVGGExtractor": ([], ["weights", "architecture", "pooling", "edge_padding"],
+                             [("extractor", "NST_EXTRACTOR")]),
+    "NST_ContentTarget": ([("extractor", "NST_EXTRACTOR"), ("image", "IMAGE")], ["layer", "weight"],
+                          [("content_target", "NST_CONTENT_TARGET")]),
+    "NST_GramStyleTarget": ([("extractor", "NST_EXTRACTOR"), ("image", "IMAGE"), ("add_to", "NST_STYLE_TARGET")],
+                            ["layers", "custom_layers", "layer_weights", "statistic", "style_scale", "blend_weight"],
+                            [("style_target", "NST_STYLE_TARGET")]),
+    "NST_StyleTransferOptimize": (
+        [("extractor", "NST_EXTRACTOR"), ("content_target", "NST_CONTENT_TARGET"),
+         ("style_target", "NST_STYLE_TARGET"), ("init_image", "IMAGE")],
+        ["preset", "steps", "content_weight", "style_weight", "tv_weight", "size", "init", "seed"],
+        [("image", "IMAGE")]),
+}
+TITLES = {
+    "NST_LoadVGGExtractor": "Load VGG Extractor", "NST_ContentTarget": "Content Target",
+    "NST_GramStyleTarget": "Gram Style Target", "NST_StyleTransferOptimize": "Style Transfer Optimize",
+}
+ALL_LAYERS = "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1"
+
+
+def style(**kw):
+    w = dict(layers=ALL_LAYERS, custom_layers="", layer_weights="", statistic="moments", style_scale=1.0,
+             blend_weight=1.0)
+    w.update(kw)
+    return w
+
+
+def optimize(**kw):
+    w = dict(preset="quality", steps=0, content_weight=1.0, style_weight=1.0, tv_weight=1.0, size=512,
+             init="auto", seed=0)
+    w.update(kw)
+    return w
+
+
+EXTRACTOR = ("NST_LoadVGGExtractor", dict(weights=BUNDLED, architecture="vgg19", pooling="max",
+                                          edge_padding="replicate"), {})
+
+# name -> (description, {id: (class, widgets, links {input: (src id, slot)})})
+GRAPHS = {
+    "basic_transfer": ("Content + style image -> Optimize -> Save and Preview.", {
+        1: EXTRACTOR,
+        2: ("LoadImage", dict(image="content.jpg", upload="image"), {}),
+        3: ("LoadImage", dict(image="style.jpg", upload="image"), {}),
+        4: ("NST_ContentTarget", dict(layer="relu4_2", weight=1.0), {"extractor": (1, 0), "image": (2, 0)}),
+        5: ("NST_GramStyleTarget", style(), {"extractor": (1, 0), "image": (3, 0)}),
+        6: ("NST_StyleTransferOptimize", optimize(),
+            {"extractor": (1, 0), "content_target": (4, 0), "style_target": (5, 0)}),
+        7: ("SaveImage", dict(filename_prefix="nst/transfer"), {"images": (6, 0)}),
+        8: ("PreviewImage", {}, {"images": (6, 0)}),
+    }),
+    "content_reconstruction": ("Rebuild a photo from one layer, starting from noise: relu2_2 stays close, "
+                               "relu5_1 is much noisier (the compression experiment).", {
+        1: EXTRACTOR,
+        2: ("LoadImage", dict(image="content.jpg", upload="image"), {}),
+        3: ("NST_ContentTarget", dict(layer="relu2_2", weight=1.0), {"extractor": (1, 0), "image": (2, 0)}),
+        4: ("NST_ContentTarget", dict(layer="relu5_1", weight=1.0), {"extractor": (1, 0), "image": (2, 0)}),
+        5: ("NST_StyleTransferOptimize", optimize(preset="seed", steps=300, tv_weight=0.0, size=256, init="noise"),
+            {"extractor": (1, 0), "content_target": (3, 0)}),
+        6: ("NST_StyleTransferOptimize", optimize(preset="seed", steps=300, tv_weight=0.0, size=256, init="noise"),
+            {"extractor": (1, 0), "content_target": (4, 0)}),
+        7: ("SaveImage", dict(filename_prefix="nst/reconstruct_relu2_2"), {"images": (5, 0)}),
+        8: ("SaveImage", dict(filename_prefix="nst/reconstruct_relu5_1"), {"images": (6, 0)}),
+    }),
+    "texture_synthesis": ("A texture from the style image alone, starting from noise.", {
+        1: EXTRACTOR,
+        2: ("LoadImage", dict(image="style.jpg", upload="image"), {}),
+        3: ("NST_GramStyleTarget", style(), {"extractor": (1, 0), "image": (2, 0)}),
+        4: ("NST_StyleTransferOptimize", optimize(size=384), {"extractor": (1, 0), "style_target": (3, 0)}),
+        5: ("SaveImage", dict(filename_prefix="nst/texture"), {"images": (4, 0)}),
+    }),
+    "two_styles_blended": ("Two style images blended through add_to, applied to one content image.", {
+        1: EXTRACTOR,
+        2: ("LoadImage", dict(image="content.jpg", upload="image"), {}),
+        3: ("LoadImage", dict(image="style.jpg", upload="image"), {}),
+        4: ("LoadImage", dict(image="style2.jpg", upload="image"), {}),
+        5: ("NST_ContentTarget", dict(layer="relu4_2", weight=1.0), {"extractor": (1, 0), "image": (2, 0)}),
+        6: ("NST_GramStyleTarget", style(), {"extractor": (1, 0), "image": (3, 0)}),
+        7: ("NST_GramStyleTarget", style(blend_weight=1.0),
+            {"extractor": (1, 0), "image": (4, 0), "add_to": (6, 0)}),
+        8: ("NST_StyleTransferOptimize", optimize(),
+            {"extractor": (1, 0), "content_target": (5, 0), "style_target": (7, 0)}),
+        9: ("SaveImage", dict(filename_prefix="nst/two_styles"), {"images": (8, 0)}),
+    }),
+    "chained_with_core_nodes": ("Resize before, then upscale and blend with the photo after, using core nodes.", {
+        1: EXTRACTOR,
+        2: ("LoadImage", dict(image="content.jpg", upload="image"), {}),
+        3: ("LoadImage", dict(image="style.jpg", upload="image"), {}),
+        4: ("ImageScale", dict(upscale_method="bicubic", width=512, height=384, crop="center"), {"image": (2, 0)}),
+        5: ("NST_ContentTarget", dict(layer="relu4_2", weight=1.0), {"extractor": (1, 0), "image": (4, 0)}),
+        6: ("NST_GramStyleTarget", style(), {"extractor": (1, 0), "image": (3, 0)}),
+        7: ("NST_StyleTransferOptimize", optimize(size=0),
+            {"extractor": (1, 0), "content_target": (5, 0), "style_target": (6, 0)}),
+        8: ("ImageBlend", dict(blend_factor=0.25, blend_mode="normal"), {"image1": (7, 0), "image2": (4, 0)}),
+        9: ("ImageScaleBy", dict(upscale_method="bicubic", scale_by=2.0), {"image": (8, 0)}),
+        10: ("SaveImage", dict(filename_prefix="nst/chained"), {"images": (9, 0)}),
+    }),
+}
+
+
+def api_format(graph) -> dict:
+    """The ``/prompt`` body's ``prompt`` for a graph."""
+    out = {}
+    for nid, (cls, widgets, links) in graph.items():
+        inputs = {k: v for k, v in widgets.items() if k != "upload"}
+        inputs.update({name: [str(src), slot] for name, (src, slot) in links.items()})
+        out[str(nid)] = {"class_type": cls, "inputs": inputs, "_meta": {"title": TITLES.get(cls, cls)}}
+    return out
+
+
+def ui_format(graph) -> dict:
+    """A litegraph (schema 0.4) workflow the ComfyUI frontend loads and shows."""
+    links, nodes = [], []
+    consumers: Dict[Tuple[int, int], List[int]] = {}
+    for nid, (cls, _, ins) in graph.items():
+        linked, _, _ = SPECS[cls]
+        for name, (src, slot) in ins.items():
+            slot_type = dict(linked)[name]
+            link_id = len(links) + 1
+            target_slot = [n for n, _ in linked].index(name)
+            links.append([link_id, src, slot, nid, target_slot, slot_type])
+            consumers.setdefault((src, slot), []).append(link_id)
+    depth: Dict[int, int] = {}
+
+    def level(nid: int) -> int:
+        if nid not in depth:
+            depth[nid] = 1 + max((level(src) for src, _ in graph[nid][2].values()), default=-1)
+        return depth[nid]
+
+    rows: Dict[int, int] = {}
+    for order, nid in enumerate(sorted(graph, key=level)):
+        cls, widgets, ins = graph[nid]
+        linked, wnames, outs = SPECS[cls]
+        col = level(nid)
+        row = rows.get(col, 0)
+        rows[col] = row + 1
+        values = [widgets[w] for w in wnames if w in widgets]
+        if cls == "NST_StyleTransferOptimize":
+            values.insert(wnames.index("seed") + 1, "fixed")
+        node = {
+            "id": nid, "type": cls, "pos": [40 + 340 * col, 40 + 330 * row],
+            "size": [300, 100 + 26 * len(values)], "flags": {}, "order": order, "mode": 0,
+            "inputs": [{"name": n, "type": t, "link": next((l[0] for l in links if l[3] == nid and l[4] == i), None)}
+                       for i, (n, t) in enumerate(linked)],
+            "outputs": [{"name": n, "type": t, "links": consumers.get((nid, i), []), "slot_index": i}
+                        for i, (n, t) in enumerate(outs)],
+            "properties": {"Node name for S&R": cls},
+            "widgets_values": values,
+        }
+        if cls in TITLES:
+            node["title"] = TITLES[cls]
+        nodes.append(node)
+    return {"last_node_id": max(graph), "last_link_id": len(links), "nodes": nodes, "links": links,
+            "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def main(argv=None) -> int:
+    """Write (or with ``--check``, compare) every workflow file."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--check", action="store_true", help="exit 1 if a file differs from what would be written")
+    args = ap.parse_args(argv)
+    stale = []
+    for name, (_, graph) in GRAPHS.items():
+        for folder, data in ((UI_DIR, ui_format(graph)), (API_DIR, api_format(graph))):
+            path = os.path.join(folder, name + ".json")
+            text = json.dumps(data, indent=2) + "\n"
+            old = open(path).read() if os.path.exists(path) else None
+            if old != text:
+                stale.append(os.path.relpath(path, ROOT))
+                if not args.check:
+                    os.makedirs(folder, exist_ok=True)
+                    with open(path, "w") as f:
+                        f.write(text)
+    if args.check and stale:
+        print("stale workflow files:", ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""The ComfyUI node classes, exercised without a server (comfy_bridge falls back to CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUNDLED = "original VGG19 (bundled)"
+
+
+@pytest.fixture(scope="module")
+def pack():
+    """The repository root imported as a package, the way ComfyUI loads a custom node folder."""
+    name = "nst_pack_under_test"
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "__init__.py"),
+                                                  submodule_search_locations=[ROOT])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    yield module
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[key]
+
+
+@pytest.fixture(scope="module")
+def nodes(pack):
+    return {k: v() for k, v in pack.NODE_CLASS_MAPPINGS.items()}
+
+
+@pytest.fixture(scope="module")
+def extractor(nodes):
+    with torch.inference_mode():
+        return nodes["NST_LoadVGGExtractor"].load(BUNDLED, "vgg19", "max", "replicate")[0]
+
+
+def _style(nodes, ext, image, **kw):
+    args = dict(layers="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1", custom_layers="", layer_weights="",
+                statistic="moments", style_scale=1.0)
+    args.update(kw)
+    return nodes["NST_GramStyleTarget"].build(ext, image, **args)[0]
+
+
+def _optimize(nodes, ext, **kw):
+    args = dict(preset="fast", steps=2, content_weight=1.0, style_weight=1.0, tv_weight=1.0, size=48,
+                init="auto", seed=0)
+    args.update(kw)
+    return nodes["NST_StyleTransferOptimize"].run(ext, **args)[0]
+
+
+def test_mappings_have_exact_display_names_and_prefixed_ids(pack):
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS == {
+        "NST_LoadVGGExtractor": "Load VGG Extractor",
+        "NST_ContentTarget": "Content Target",
+        "NST_GramStyleTarget": "Gram Style Target",
+        "NST_StyleTransferOptimize": "Style Transfer Optimize",
+    }
+    assert set(pack.NODE_CLASS_MAPPINGS) == set(pack.NODE_DISPLAY_NAME_MAPPINGS)
+
+
+def test_every_input_has_a_tooltip_and_nodes_share_a_category(pack):
+    categories = set()
+    for cls in pack.NODE_CLASS_MAPPINGS.values():
+        assert cls.DESCRIPTION and len(cls.DESCRIPTION) > 40
+        categories.add(cls.CATEGORY)
+        spec = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            for name, value in spec.get(section, {}).items():
+                assert len(value) == 2 and value[1].get("tooltip"), f"{cls.__name__}.{name} has no tooltip"
+        for name, value in spec.get("required", {}).items():
+            if isinstance(value[0], list):
+                assert value[1]["default"] in value[0], f"{cls.__name__}.{name} default not in its choices"
+    assert len(categories) == 1
+
+
+def test_pack_never_imports_comfy_outside_the_bridge():
+    banned = re.compile(r"^\s*(import|from)\s+(comfy\b|comfy\.|folder_paths|comfy_api|comfy_execution|"
+                        r"node_helpers|nodes\b)", re.M)
+    for folder in ("nodes", "nst_core"):
+        for fname in os.listdir(os.path.join(ROOT, folder)):
+            if not fname.endswith(".py") or fname == "comfy_bridge.py":
+                continue
+            text = open(os.path.join(ROOT, folder, fname)).read()
+            assert not banned.search(text), f"{folder}/{fname} imports ComfyUI or the global nodes module"
+    bridge = open(os.path.join(ROOT, "nodes", "comfy_bridge.py")).read()
+    assert "except ImportError" in bridge and "comfy_api" not in bridge
+
+
+def test_full_graph_under_inference_mode_gives_one_output_per_content_image(nodes, extractor):
+    content = torch.rand(2, 40, 56, 3)
+    style = torch.rand(1, 48, 48, 3)
+    before = content.clone()
+    with torch.inference_mode():
+        ct = nodes["NST_ContentTarget"].build(extractor, content, "relu4_2", 1.0)[0]
+        st = _style(nodes, extractor, style)
+        out = _optimize(nodes, extractor, content_target=ct, style_target=st)
+    assert out.shape == (2, 34, 48, 3)  # long edge 48, aspect kept
+    assert out.dtype == torch.float32 and out.is_contiguous()
+    assert 0 <= float(out.min()) and float(out.max()) <= 1
+    assert torch.equal(content, before)
+    assert not ct.features.requires_grad and not ct.features.is_inference()
+
+
+def test_texture_without_content_starts_from_noise_at_size(nodes, extractor):
+    with torch.inference_mode():
+        st = _style(nodes, extractor, torch.rand(1, 48, 48, 3))
+        out = _optimize(nodes, extractor, style_target=st, size=40)
+    assert out.shape == (1, 40, 40, 3)
+
+
+def test_changing_only_optimiser_settings_leaves_targets_untouched(nodes, extractor):
+    with torch.inference_mode():
+        st = _style(nodes, extractor, torch.rand(1, 48, 48, 3))
+        ct = nodes["NST_ContentTarget"].build(extractor, torch.rand(1, 40, 40, 3), "relu3_1", 1.0)[0]
+        snapshot = {n: [t.clone() for t in v.stat] for n, v in st.targets.items()}
+        feats = ct.features.clone()
+        a = _optimize(nodes, extractor, content_target=ct, style_target=st, seed=1)
+        b = _optimize(nodes, extractor, content_target=ct, style_target=st, seed=1, tv_weight=0.0)
+    assert a.shape == b.shape
+    assert torch.equal(feats, ct.features)
+    for n, v in st.targets.items():
+        assert all(torch.equal(x, y) for x, y in zip(snapshot[n], v.stat))
+
+
+def test_add_to_blends_two_styles(nodes, extractor):
+    with torch.inference_mode():
+        a = _style(nodes, extractor, torch.rand(1, 48, 48, 3))
+        b = _style(nodes, extractor, torch.zeros(1, 48, 48, 3) + 0.5, add_to=a, blend_weight=1.0)
+    assert len(b.images) == 2 and b.blend_weights == (1.0, 1.0)
+    assert len(a.images) == 1  # the upstream target is not mutated
+
+
+def test_optimize_without_targets_says_what_to_link(nodes, extractor):
+    with pytest.raises(ValueError, match="content_target, a style_target, or both"):
+        _optimize(nodes, extractor)
+
+
+def test_style_layer_validation_reaches_the_user(pack):
+    cls = pack.NODE_CLASS_MAPPINGS["NST_GramStyleTarget"]
+    assert cls.VALIDATE_INPUTS(layers="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1", custom_layers="",
+                               layer_weights="") is True
+    msg = cls.VALIDATE_INPUTS(layers="custom (use custom_layers)", custom_layers="relu1_1,rleu3_1",
+                              layer_weights="")
+    assert isinstance(msg, str) and "relu3_1" in msg
+    msg = cls.VALIDATE_INPUTS(layers="relu1_1,relu2_1,relu3_1", custom_layers="", layer_weights="1,2")
+    assert isinstance(msg, str) and "one per layer" in msg
+    msg = cls.VALIDATE_INPUTS(layers="custom (use custom_layers)", custom_layers="", layer_weights="")
+    assert isinstance(msg, str) and "custom_layers is empty" in msg
+
+
+def test_wrong_image_layout_is_a_clear_error(nodes, extractor):
+    with pytest.raises(ValueError, match=r"IMAGE \[B,H,W,C\]"):
+        nodes["NST_ContentTarget"].build(extractor, torch.rand(40, 40, 3), "relu4_2", 1.0)
+
+
+def test_extractor_is_parked_on_the_offload_device_after_a_run(nodes, extractor):
+    with torch.inference_mode():
+        nodes["NST_ContentTarget"].build(extractor, torch.rand(1, 40, 40, 3), "relu4_2", 1.0)
+    assert extractor.device.type == "cpu"
+    assert not any(p.is_inference() for p in extractor.parameters())
