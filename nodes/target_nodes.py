@@ -9,7 +9,7 @@ from ..nst_core.presets import DEFAULT_PRESET, get_preset
 from ..nst_core.statistics import STATISTICS
 from ..nst_core.targets import ContentTarget, StyleTarget
 from . import comfy_bridge as bridge
-from .common import CATEGORY, CONTENT_TARGET, EXTRACTOR, STYLE_TARGET
+from .common import CATEGORY, CONTENT_TARGET, EXTRACTOR, STYLE_TARGET, check_choices
 from .convert import extractor_on, image_to_nst
 
 CUSTOM = "custom (use custom_layers)"
@@ -122,6 +122,7 @@ class GramStyleTargetNode:
     @classmethod
     def VALIDATE_INPUTS(cls, **kwargs):
         try:
+            check_choices(cls, kwargs)
             resolve_layers(kwargs.get("layers"), kwargs.get("custom_layers"), kwargs.get("layer_weights"))
         except ValueError as exc:
             return str(exc)

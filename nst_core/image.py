@@ -22,10 +22,16 @@ def load_image(path: str, long_edge: Optional[int] = None) -> torch.Tensor:
                 rgba = im.convert("RGBA")
                 bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, rgba)
-            rgb = im.convert("RGB")
+            if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit gray: scale by its own range
+                arr = np.asarray(im, dtype=np.float32)
+                wide = im.mode.startswith("I;16") or arr.max() > 255
+                arr = arr / (1.0 if im.mode == "F" else 65535.0 if wide else 255.0)
+                arr = np.repeat(np.clip(arr, 0, 1)[..., None], 3, axis=2)
+            else:
+                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     except UnidentifiedImageError:
         raise ValueError(f"{path!r} is not an image file PIL can read (PNG, JPEG, WebP, …)") from None
-    t = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
+    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).unsqueeze(0)
     return resize_long_edge(t, long_edge) if long_edge else t
 
 

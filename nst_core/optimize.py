@@ -321,7 +321,7 @@ class _Run:
 
         while done < steps:
             left = min(s.lbfgs_max_iter, steps - done)
-            opt.param_groups[0].update(max_iter=left, max_eval=left)
+            opt.param_groups[0].update(max_iter=left, max_eval=left + 1)  # k evaluations, k updates
             before = done
             opt.step(closure)
             with torch.no_grad():

@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from .extractor import Extractor
-from .image import resize_long_edge
+from .image import as_rgb_batch, resize_long_edge
 from .optimize import Init, PreviewFn, ProgressFn, CancelFn, optimize
 from .presets import DEFAULT_PRESET, get_preset
 from .targets import ContentTarget, StyleTarget
@@ -33,6 +33,7 @@ def transfer(
 ) -> torch.Tensor:
     """Stylise ``content`` (``[B,3,H,W]`` 0..1) with ``styles``; extra keywords override the preset's settings."""
     p = get_preset(preset)
+    content = as_rgb_batch(content, "content image")
     if size:
         content = resize_long_edge(content, size)
     layers = style_layers or p.style_layers
@@ -57,6 +58,7 @@ def reconstruct(
     **settings: Any,
 ) -> torch.Tensor:
     """Rebuild an image from one layer's activations alone, starting from noise (L-BFGS, one scale)."""
+    content = as_rgb_batch(content, "content image")
     if size:
         content = resize_long_edge(content, size)
     c = ContentTarget.create(extractor, content, layer)

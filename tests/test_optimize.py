@@ -1,0 +1,385 @@
+"""nst_core.optimize: pyramid, optimisers, callbacks, validation (random weights, tiny images)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, strategies as hs
+
+import nst_core
+from nst_core import Cancelled, ContentTarget, Progress, Settings, StyleTarget, optimize, pyramid_sizes
+from nst_core.image import fit_long_edge
+from nst_core.losses import content_loss, style_loss, tv_loss
+from nst_core.optimize import AveragedIterate, lbfgs_history, steps_per_scale
+
+LAYERS = ("relu1_1", "relu2_1", "relu3_1")
+ONE_SCALE = 10_000  # a min_size above every test image: a single pyramid scale
+
+
+@pytest.fixture(scope="module")
+def content(rand_ext, images) -> ContentTarget:
+    return ContentTarget.create(rand_ext, images.gradient(32, 32), "relu2_1")
+
+
+@pytest.fixture(scope="module")
+def style(rand_ext, images) -> StyleTarget:
+    return StyleTarget.create(rand_ext, images.checkerboard(32, 32), LAYERS, statistic="gram")
+
+
+def quick(**kw) -> Settings:
+    base = dict(optimizer="adam", steps=4, min_size=ONE_SCALE, lr=0.05, ema_decay=0.5, lbfgs_max_iter=4)
+    base.update(kw)
+    return Settings(**base)
+
+
+def total_loss(ext, image, content, style, s: Settings) -> float:
+    """The objective, rebuilt from the public loss functions (single scale, style image = output size)."""
+    with torch.no_grad():
+        feats = ext(image, list(style.layers) + [content.layer])
+        c = content_loss(feats[content.layer], content.features)
+        sl = sum(w * style_loss(feats[n], style.targets[n]) for n, w in zip(style.layers, style.layer_weights))
+        return float(s.content_weight * content.weight * c + s.style_weight * style.weight * sl
+                     + s.tv_weight * tv_loss(image))
+
+
+def assert_valid_image(out: torch.Tensor, shape) -> None:
+    assert isinstance(out, torch.Tensor)
+    assert tuple(out.shape) == tuple(shape)
+    assert out.device.type == "cpu" and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    assert out.min() >= 0 and out.max() <= 1
+    assert not out.requires_grad
+
+
+# --------------------------------------------------------------------------- pyramid & helpers
+
+
+def test_pyramid_sizes_example():
+    sizes = pyramid_sizes((96, 128), 32)
+    assert [max(hw) for hw in sizes] == [32, 45, 64, 91, 128]
+    assert sizes[-1] == (96, 128)
+    assert sizes[0] == fit_long_edge((96, 128), 32) == (24, 32)
+
+
+def test_pyramid_single_scale_when_min_size_is_large():
+    assert pyramid_sizes((48, 64), 64) == [(48, 64)]
+    assert pyramid_sizes((48, 64), 500) == [(48, 64)]
+
+
+@given(h=hs.integers(16, 700), w=hs.integers(16, 700), min_size=hs.integers(16, 400), min_edge=hs.sampled_from([1, 4, 16]))
+def test_pyramid_sizes_properties(h, w, min_size, min_edge):
+    sizes = pyramid_sizes((h, w), min_size, min_edge)
+    assert sizes[-1] == (h, w)
+    edges = [max(hw) for hw in sizes]
+    assert edges == sorted(set(edges))  # strictly ascending
+    for small, big in zip(edges, edges[1:]):
+        assert 1.3 < big / small < 1.55  # √2 steps (with rounding)
+    if len(sizes) > 1:
+        assert min(edges) >= min_size  # none below min_size (only the final size itself may be)
+    # and it goes as low as allowed: one more √2 step would break a limit
+    nxt = round(min(edges) / math.sqrt(2))
+    assert nxt < min_size or min(fit_long_edge((h, w), nxt)) < min_edge
+    for hw in sizes[:-1]:
+        assert hw == fit_long_edge((h, w), max(hw))  # aspect kept
+        assert min(hw) >= min_edge
+
+
+def test_steps_per_scale():
+    assert steps_per_scale(Settings(steps=5, first_steps=9), 3) == [9, 5, 5]
+    assert steps_per_scale(Settings(steps=5), 2) == [5, 5]
+    assert steps_per_scale(Settings(steps=5, first_steps=9), 1) == [5]
+
+
+def test_lbfgs_history_is_bounded_by_memory():
+    assert lbfgs_history(3 * 64 * 64, 100, 1024) == 100
+    assert lbfgs_history(3 * 1024 * 1024, 100, 1024) == 2 ** 30 // (8 * 3 * 1024 * 1024) == 42
+    assert lbfgs_history(10**10, 100, 1) == 3
+
+
+def test_averaged_iterate_is_the_bias_corrected_ema():
+    ema = AveragedIterate(torch.zeros(2), decay=0.5)
+    ema.update(torch.tensor([1.0, 2.0]))
+    assert torch.allclose(ema.value(), torch.tensor([1.0, 2.0]))  # one sample: exactly it
+    ema.update(torch.tensor([3.0, 4.0]))
+    # avg = 0.5*(0.5*x1) + 0.5*x2 = [1.75, 2.5]; / (1 - 0.25)
+    assert torch.allclose(ema.value(), torch.tensor([1.75, 2.5]) / 0.75)
+
+
+# --------------------------------------------------------------------------- it optimises
+
+
+@pytest.mark.parametrize("statistic", ["gram", "gram_normalized", "moments"])
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_optimizers_reduce_the_loss(rand_ext, content, images, optimizer, statistic):
+    style = StyleTarget.create(rand_ext, images.checkerboard(32, 32), LAYERS, statistic=statistic)
+    s = quick(optimizer=optimizer, steps=10, style_weight=10.0, ema_decay=0.8, lbfgs_max_iter=5)
+    out = optimize(rand_ext, content, style, init="content", settings=s)
+    assert_valid_image(out, (1, 3, 32, 32))
+    before = total_loss(rand_ext, content.image, content, style, s)
+    after = total_loss(rand_ext, out, content, style, s)
+    assert before > 0
+    assert after < 0.9 * before, (before, after)
+
+
+def test_content_only_reconstruction_from_noise(rand_ext, content):
+    s = quick(optimizer="lbfgs", steps=12)
+    noise = optimize(rand_ext, content, None, init="noise", settings=quick(steps=1, lr=0.0))
+    out = optimize(rand_ext, content, None, init="noise", settings=s)
+    loss = lambda img: float(content_loss(rand_ext(img, ["relu2_1"])["relu2_1"], content.features))
+    assert loss(out) < 0.5 * loss(noise)
+
+
+def test_tv_weight_smooths(rand_ext, content, style):
+    rough = optimize(rand_ext, content, style, init="noise", settings=quick(steps=6))
+    smooth = optimize(rand_ext, content, style, init="noise", settings=quick(steps=6, tv_weight=200.0))
+    assert tv_loss(smooth) < 0.8 * tv_loss(rough)
+
+
+def test_output_size_and_aspect(rand_ext, images, style):
+    c = ContentTarget.create(rand_ext, images.gradient(24, 40), "relu2_1")
+    out = optimize(rand_ext, c, style, settings=quick(steps=2), size=20)
+    assert_valid_image(out, (1, 3, 12, 20))
+    out = optimize(rand_ext, c, style, settings=quick(steps=2))
+    assert_valid_image(out, (1, 3, 24, 40))
+
+
+def test_style_only_sizes(rand_ext, style, images):
+    out = optimize(rand_ext, None, style, init="noise", settings=quick(steps=2), size=24)
+    assert_valid_image(out, (1, 3, 24, 24))
+    init = images.gradient(20, 28, batch=2)
+    out = optimize(rand_ext, None, style, init=init, settings=quick(steps=2))
+    assert_valid_image(out, (2, 3, 20, 28))
+
+
+# --------------------------------------------------------------------------- determinism & batches
+
+
+def test_same_seed_same_output(rand_ext, content, style):
+    s = quick(steps=3, seed=7)
+    a = optimize(rand_ext, content, style, init="noise", settings=s)
+    b = optimize(rand_ext, content, style, init="noise", settings=s)
+    assert torch.equal(a, b)
+    c = optimize(rand_ext, content, style, init="noise", settings=s.replace(seed=8))
+    assert not torch.allclose(a, c, atol=1e-3)
+
+
+def test_same_seed_same_output_with_content_init_and_lbfgs(rand_ext, content, style):
+    s = quick(optimizer="lbfgs", steps=4)
+    assert torch.equal(optimize(rand_ext, content, style, settings=s), optimize(rand_ext, content, style, settings=s))
+
+
+@pytest.mark.parametrize("init", ["noise", "gray"])
+def test_random_inits_depend_on_the_seed(rand_ext, content, style, init):
+    s = quick(steps=1, lr=0.0)  # lr 0: the output is the initial image
+    a = optimize(rand_ext, content, style, init=init, settings=s)
+    b = optimize(rand_ext, content, style, init=init, settings=s.replace(seed=1))
+    assert not torch.equal(a, b)
+    assert torch.equal(a, optimize(rand_ext, content, style, init=init, settings=s))
+    if init == "gray":
+        assert abs(float(a.mean()) - 0.5) < 0.02 and float(a.std()) < 0.1
+
+
+def test_content_init_starts_from_the_content(rand_ext, content, style):
+    out = optimize(rand_ext, content, style, init="content", settings=quick(steps=1, lr=0.0))
+    assert torch.allclose(out, content.image, atol=1e-6)
+
+
+def test_content_batch_gives_a_batch(rand_ext, images, style):
+    batch = torch.cat([images.gradient(32, 32), images.stripes(32, 32)])
+    c = ContentTarget.create(rand_ext, batch, "relu2_1")
+    out = optimize(rand_ext, c, style, settings=quick(steps=3))
+    assert_valid_image(out, (2, 3, 32, 32))
+    assert not torch.allclose(out[0], out[1], atol=1e-2)
+    # each output stays closer to its own content than to the other one
+    assert (out[0] - batch[0]).abs().mean() < (out[0] - batch[1]).abs().mean()
+    assert (out[1] - batch[1]).abs().mean() < (out[1] - batch[0]).abs().mean()
+    # an init image of batch 1 is shared by the batch
+    out = optimize(rand_ext, c, style, init=images.noise(32, 32), settings=quick(steps=1))
+    assert out.shape == (2, 3, 32, 32)
+
+
+def test_init_batch_mismatch(rand_ext, images, style):
+    c = ContentTarget.create(rand_ext, images.gradient(32, 32, batch=2), "relu2_1")
+    with pytest.raises(ValueError, match="init batch has 3 images but the content batch has 2"):
+        optimize(rand_ext, c, style, init=images.noise(32, 32, batch=3), settings=quick(steps=1))
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+def test_progress_and_preview_over_two_scales(rand_ext, images, style):
+    c = ContentTarget.create(rand_ext, images.gradient(36, 48), "relu2_1")
+    s = quick(steps=3, first_steps=4, min_size=32, loss_every=2, preview_every=3)
+    sizes = pyramid_sizes((36, 48), 32, rand_ext.min_edge(LAYERS + ("relu2_1",)))
+    assert len(sizes) == 2
+    seen, previews = [], []
+    out = optimize(rand_ext, c, style, settings=s, progress=seen.append,
+                   preview=lambda step, img: previews.append((step, img)))
+    assert_valid_image(out, (1, 3, 36, 48))
+    assert all(isinstance(p, Progress) for p in seen)
+    assert [p.step for p in seen] == list(range(1, 8))
+    assert {p.total for p in seen} == {4 + 3}
+    assert [p.scale for p in seen] == [0] * 4 + [1] * 3
+    assert {p.scales for p in seen} == {2}
+    assert [p.size for p in seen] == [sizes[0]] * 4 + [sizes[1]] * 3
+    with_losses = [p.step for p in seen if p.losses is not None]
+    assert with_losses == [2, 4, 6, 7]  # every loss_every steps, and the last
+    for p in seen:
+        if p.losses is not None:
+            assert {"content", "style", "total"} <= set(p.losses)
+            assert all(isinstance(v, float) and math.isfinite(v) for v in p.losses.values())
+            assert "tv" not in p.losses  # tv_weight is 0
+    assert [step for step, _ in previews] == [3, 6]
+    assert [tuple(img.shape) for _, img in previews] == [(1, 3, *sizes[0]), (1, 3, *sizes[1])]
+    for _, img in previews:
+        assert not img.requires_grad and torch.isfinite(img).all()
+
+
+def test_lbfgs_progress_counts_function_evaluations(rand_ext, content, style):
+    seen, previews = [], []
+    s = quick(optimizer="lbfgs", steps=7, lbfgs_max_iter=3, loss_every=3, preview_every=2, tv_weight=1.0)
+    optimize(rand_ext, content, style, settings=s, progress=seen.append,
+             preview=lambda step, img: previews.append((step, tuple(img.shape))))
+    assert [p.step for p in seen] == list(range(1, 8))
+    assert {p.total for p in seen} == {7}
+    assert [p.step for p in seen if p.losses is not None] == [3, 6, 7]
+    assert "tv" in seen[-1].losses
+    assert previews == [(2, (1, 3, 32, 32)), (4, (1, 3, 32, 32)), (6, (1, 3, 32, 32))]
+
+
+def test_losses_are_reported_with_their_weights(rand_ext, content, style):
+    seen = []
+    s = quick(steps=1, loss_every=1, content_weight=2.0, style_weight=3.0)
+    optimize(rand_ext, content, style, settings=s, progress=seen.append)
+    losses = seen[0].losses
+    assert losses["total"] == pytest.approx(2.0 * losses["content"] + 3.0 * losses["style"], rel=1e-5)
+    # the first reading is the loss at the content image: no content loss, the full style loss
+    assert losses["content"] == pytest.approx(0.0, abs=1e-9)
+    assert losses["style"] == pytest.approx(total_loss(rand_ext, content.image, content, style,
+                                                       Settings(content_weight=0.0)), rel=1e-4)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_cancel_stops_the_run_and_the_next_run_works(rand_ext, content, style, optimizer):
+    calls, seen = [], []
+
+    def cancel() -> bool:
+        calls.append(1)
+        return len(calls) == 3
+
+    s = quick(optimizer=optimizer, steps=8)
+    with pytest.raises(Cancelled, match="step 3 of 8"):
+        optimize(rand_ext, content, style, settings=s, progress=seen.append, cancel=cancel)
+    assert len(calls) == 3
+    assert [p.step for p in seen] == [1, 2]  # asked before reporting: step 3 never reported
+    assert issubclass(Cancelled, RuntimeError)
+    seen.clear()
+    out = optimize(rand_ext, content, style, settings=s.replace(steps=2), progress=seen.append,
+                   cancel=lambda: False)
+    assert_valid_image(out, (1, 3, 32, 32))
+    assert [p.step for p in seen] == [1, 2]
+
+
+def test_cancel_callback_errors_propagate(rand_ext, content, style):
+    def cancel():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        optimize(rand_ext, content, style, settings=quick(steps=2), cancel=cancel)
+
+
+# --------------------------------------------------------------------------- ComfyUI's inference mode
+
+
+def test_works_inside_inference_mode(rand_ext, images):
+    s = quick(steps=3)
+    c_img, s_img = images.gradient(32, 32), images.checkerboard(32, 32)
+    with torch.inference_mode():
+        c = ContentTarget.create(rand_ext, c_img.clone(), "relu2_1")
+        st = StyleTarget.create(rand_ext, s_img.clone(), LAYERS, statistic="moments")
+        inside = optimize(rand_ext, c, st, settings=s)
+        mixed = optimize(rand_ext, c, st.blend(st), settings=s)
+    assert_valid_image(inside, (1, 3, 32, 32))
+    # the same result as outside inference mode
+    c2 = ContentTarget.create(rand_ext, c_img, "relu2_1")
+    st2 = StyleTarget.create(rand_ext, s_img, LAYERS, statistic="moments")
+    outside = optimize(rand_ext, c2, st2, settings=s)
+    assert torch.allclose(inside, outside, atol=1e-5)
+    assert torch.allclose(mixed, outside, atol=1e-4)
+    assert not torch.allclose(inside, c_img, atol=1e-3)  # it did move
+    # targets made inside inference mode also work outside it
+    again = optimize(rand_ext, c, st, settings=s)
+    assert torch.allclose(again, outside, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [({"steps": 0}, "steps must be at least 1"),
+     ({"first_steps": 0}, "first_steps must be at least 1"),
+     ({"min_size": 0}, "min_size"),
+     ({"loss_every": 0}, "loss_every"),
+     ({"lbfgs_max_iter": 0}, "lbfgs_max_iter"),
+     ({"content_weight": -1.0}, "content_weight must be a finite number ≥ 0"),
+     ({"style_weight": -0.1}, "style_weight"),
+     ({"tv_weight": float("nan")}, "tv_weight"),
+     ({"lr": float("inf")}, "lr"),
+     ({"ema_decay": 1.0}, "ema_decay"),
+     ({"optimizer": "sgd"}, "optimizer 'sgd' is not supported")],
+)
+def test_invalid_settings(rand_ext, content, style, changes, message):
+    with pytest.raises(ValueError, match=message):
+        optimize(rand_ext, content, style, settings=quick().replace(**changes))
+
+
+def test_nothing_to_optimise(rand_ext):
+    with pytest.raises(ValueError, match="nothing to optimise"):
+        optimize(rand_ext, None, None, settings=quick())
+
+
+def test_unknown_init(rand_ext, content, style):
+    with pytest.raises(ValueError, match="init 'zeros' is not supported"):
+        optimize(rand_ext, content, style, init="zeros", settings=quick())
+
+
+def test_output_too_small_for_the_layers(rand_ext, images):
+    c = ContentTarget.create(rand_ext, images.gradient(32, 32), "relu4_2")
+    st = StyleTarget.create(rand_ext, images.checkerboard(32, 32), ["relu1_1", "relu5_1"])
+    with pytest.raises(ValueError, match=r"8×8 px, too small for the layers used \(at least 16 px"):
+        optimize(rand_ext, c, st, settings=quick(steps=1), size=8)
+    with pytest.raises(ValueError, match="too small"):
+        optimize(rand_ext, None, st, init="noise", settings=quick(steps=1), size=12)
+
+
+def test_non_finite_loss_is_reported(rand_ext, content, style):
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        optimize(rand_ext, content, style, settings=quick(steps=2, style_weight=1e39, loss_every=1),
+                 progress=lambda p: None)
+
+
+def test_public_api():
+    for name in nst_core.__all__:
+        assert hasattr(nst_core, name), name
+
+
+# --------------------------------------------------------------------------- known bugs
+
+
+def test_lbfgs_makes_one_update_per_function_evaluation(rand_ext, content, monkeypatch):
+    class CountingLBFGS(torch.optim.LBFGS):
+        updates = 0
+
+        def _add_grad(self, step_size, update):  # torch's L-BFGS moves the parameters only here
+            type(self).updates += 1
+            return super()._add_grad(step_size, update)
+
+    monkeypatch.setattr(torch.optim, "LBFGS", CountingLBFGS)
+    seen = []
+    optimize(rand_ext, content, None, init="noise", settings=quick(optimizer="lbfgs", steps=6, lbfgs_max_iter=3),
+             progress=seen.append)
+    assert len(seen) == 6  # function evaluations, as documented
+    assert CountingLBFGS.updates == 6

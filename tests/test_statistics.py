@@ -1,0 +1,146 @@
+"""nst_core.statistics: Gram, normalised Gram, moments, blending and the matrix square-root trace."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nst_core import statistics as st
+
+
+@pytest.fixture
+def feats() -> torch.Tensor:
+    gen = torch.Generator().manual_seed(3)
+    return torch.randn((2, 5, 4, 6), generator=gen)
+
+
+def spd(n: int, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn((n, n), generator=gen, dtype=dtype)
+    return a @ a.T + 0.5 * torch.eye(n, dtype=dtype)
+
+
+def test_gram_by_hand(feats):
+    (g,) = st.gram(feats)
+    b, c, h, w = feats.shape
+    f = feats.numpy().astype(np.float64)
+    for k in range(b):
+        for i in range(c):
+            for j in range(c):
+                want = sum(f[k, i, y, x] * f[k, j, y, x] for y in range(h) for x in range(w)) / (c * h * w)
+                assert abs(g[k, i, j].item() - want) < 1e-5
+    assert g.shape == (2, 5, 5)
+    assert torch.allclose(g, g.transpose(1, 2))
+
+
+def test_gram_normalized_is_channel_cosine(feats):
+    (g,) = st.gram_normalized(feats)
+    assert torch.allclose(g.diagonal(dim1=1, dim2=2), torch.ones(2, 5), atol=1e-6)
+    f = feats.reshape(2, 5, -1)
+    cos = torch.nn.functional.cosine_similarity(f[0, 1], f[0, 3], dim=0)
+    assert torch.isclose(g[0, 1, 3], cos, atol=1e-6)
+    # invariant to the scale of the features
+    assert torch.allclose(st.gram_normalized(feats * 7.0)[0], g, atol=1e-6)
+
+
+def test_gram_normalized_of_a_dead_channel_is_finite():
+    f = torch.randn(1, 3, 4, 4)
+    f[:, 1] = 0
+    (g,) = st.gram_normalized(f)
+    assert torch.isfinite(g).all()
+    assert g[0, 1, 1] == 0
+
+
+def test_moments_by_hand(feats):
+    mean, second = st.moments(feats)
+    assert mean.shape == (2, 5) and second.shape == (2, 5, 5)
+    f = feats.numpy().astype(np.float64).reshape(2, 5, -1)
+    n = f.shape[2]
+    for k in range(2):
+        np.testing.assert_allclose(mean[k].numpy(), f[k].sum(axis=1) / n, atol=1e-5)
+        np.testing.assert_allclose(second[k].numpy(), f[k] @ f[k].T / n, atol=1e-5)
+
+
+def test_covariance_from_moments(feats):
+    mean, second = st.moments(feats)
+    cov = st.covariance(mean, second, eps=0.0)
+    f = feats.reshape(2, 5, -1).double()
+    want = torch.stack([torch.cov(f[k], correction=0) for k in range(2)]).float()
+    assert torch.allclose(cov, want, atol=1e-5)
+    with_eps = st.covariance(mean, second)  # default eps keeps it positive definite
+    assert (torch.linalg.eigvalsh(with_eps) > 0).all()
+
+
+def test_compute_dispatch(feats):
+    for name in st.STATISTICS:
+        got = st.compute(name, feats)
+        want = getattr(st, name)(feats)
+        assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+    with pytest.raises(ValueError, match="histogram"):
+        st.compute("histogram", feats)
+
+
+@pytest.mark.parametrize("name", st.STATISTICS)
+def test_blend_is_the_weighted_average(feats, name):
+    a = st.compute(name, feats[:1])
+    b = st.compute(name, feats[1:])
+    out = st.blend([a, b], [1.0, 3.0])
+    assert len(out) == len(a)
+    for x, y, z in zip(a, b, out):
+        assert torch.allclose(z, 0.25 * x + 0.75 * y, atol=1e-6)
+    # weights only matter relative to each other
+    again = st.blend([a, b], [2.0, 6.0])
+    assert all(torch.allclose(p, q) for p, q in zip(out, again))
+
+
+def test_blend_of_moments_equals_moments_of_the_pooled_features():
+    """Mean and second moment are per-pixel averages: blending equal-size images = pooling their pixels."""
+    a, b = torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3)
+    blended = st.blend([st.moments(a), st.moments(b)], [1, 1])
+    pooled = st.moments(torch.cat([a, b], dim=3))
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(blended, pooled))
+
+
+def test_blend_rejects_zero_total(feats):
+    with pytest.raises(ValueError, match="more than 0"):
+        st.blend([st.gram(feats)], [0.0])
+
+
+def test_sqrtm_psd():
+    m = spd(6)
+    r = st.sqrtm_psd(m)
+    assert torch.allclose(r @ r, m, atol=1e-8)
+    assert torch.allclose(r, r.T)
+
+
+def test_trace_sqrtm_value():
+    m = spd(6, seed=1)
+    want = torch.linalg.eigvalsh(m).sqrt().sum()
+    assert torch.allclose(st.trace_sqrtm(m), want, rtol=1e-10)
+    batch = torch.stack([spd(4, seed=s) for s in range(3)])
+    want = torch.linalg.eigvalsh(batch).sqrt().sum(-1)
+    assert torch.allclose(st.trace_sqrtm(batch), want, rtol=1e-10)
+    # float32 too
+    assert torch.allclose(st.trace_sqrtm(m.float()), torch.linalg.eigvalsh(m).sqrt().sum().float(), rtol=1e-4)
+
+
+def test_trace_sqrtm_symmetrises_its_input():
+    m = spd(4, seed=2)
+    skew = torch.randn(4, 4, dtype=torch.float64)
+    skew = skew - skew.T
+    assert torch.allclose(st.trace_sqrtm(m + skew), st.trace_sqrtm(m))
+
+
+def test_trace_sqrtm_gradcheck():
+    m = spd(4, seed=5).requires_grad_(True)
+    assert torch.autograd.gradcheck(st.trace_sqrtm, (m,), eps=1e-6, atol=1e-5)
+    batch = torch.stack([spd(3, seed=s) for s in range(2)]).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: st.trace_sqrtm(x).sum(), (batch,), eps=1e-6, atol=1e-5)
+
+
+def test_trace_sqrtm_gradient_is_half_inverse_sqrt():
+    m = spd(5, seed=7).requires_grad_(True)
+    st.trace_sqrtm(m).backward()
+    want = 0.5 * torch.linalg.inv(st.sqrtm_psd(m.detach()))
+    assert torch.allclose(m.grad, want, atol=1e-8)
