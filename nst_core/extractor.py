@@ -26,7 +26,7 @@ class ScaledAvgPool2d(nn.AvgPool2d):
 
 
 def build_features(arch: str, pooling: str = "max", padding: str = "replicate") -> nn.Sequential:
-    """An untrained VGG ``features`` stack with out-of-place ReLUs (hooked conv outputs stay intact)."""
+    """An untrained VGG ``features`` stack (in-place ReLUs, as torchvision; hooks clone conv outputs)."""
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r} is not supported; choose one of {list(POOLINGS)}")
     if padding not in PADDINGS:
@@ -41,7 +41,7 @@ def build_features(arch: str, pooling: str = "max", padding: str = "replicate") 
             mods.append(nn.Conv2d(cin, cout, 3, padding=1, padding_mode=pm))
             cin = cout
         elif name.startswith("relu"):
-            mods.append(nn.ReLU(inplace=False))
+            mods.append(nn.ReLU(inplace=True))
         else:
             mods.append(nn.MaxPool2d(2, 2) if pooling == "max" else ScaledAvgPool2d())
     return nn.Sequential(*mods)
@@ -115,7 +115,8 @@ class Extractor(nn.Module):
         store: Dict[str, torch.Tensor] = {}
         handles = []
         for name, idx in indices.items():
-            handles.append(self.features[idx].register_forward_hook(_capture(store, name)))
+            module = self.features[idx]
+            handles.append(module.register_forward_hook(_capture(store, name, isinstance(module, nn.Conv2d))))
         try:
             x = self.preprocess(image)
             for module in self.features[: max(indices.values()) + 1]:
@@ -126,9 +127,10 @@ class Extractor(nn.Module):
         return store
 
 
-def _capture(store: Dict[str, torch.Tensor], name: str):
+def _capture(store: Dict[str, torch.Tensor], name: str, clone: bool):
+    # a conv output is cloned: the in-place ReLU that follows would overwrite it
     def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
-        store[name] = output
+        store[name] = output.clone() if clone else output
 
     return hook
 

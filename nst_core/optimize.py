@@ -221,6 +221,10 @@ def optimize(
     sizes = pyramid_sizes(final_hw, settings.min_size, min_edge)
     plan = steps_per_scale(settings, len(sizes))
     run = _Run(extractor, settings, content, style, progress, preview, cancel, sum(plan))
+    if extractor.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = settings.tf32
+        torch.backends.cudnn.allow_tf32 = settings.tf32
+        torch.backends.cudnn.benchmark = True
     with torch.inference_mode(False), torch.enable_grad():
         try:
             x = _initial_image(init, content, batch, sizes[0], extractor.device, settings.seed)

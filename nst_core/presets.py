@@ -31,6 +31,7 @@ class Settings:
     loss_every: int = 10  # read the losses back (a device sync) every N steps
     preview_every: int = 0  # call the preview callback every N steps (0: never)
     max_size: int = 4096  # refuse outputs whose long edge is larger (memory and time grow with its square)
+    tf32: bool = True  # CUDA: TF32 matmuls and convolutions for the network
     channels_last: bool = False
     autocast_bf16: bool = False  # run the network in bf16 (CUDA); losses stay fp32
 

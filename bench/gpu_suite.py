@@ -1,0 +1,121 @@
+"""Everything measured on a CUDA machine, in one go, written into an output folder.
+
+    python -m bench.gpu_suite --out OUT_DIR [--quick]
+
+Sections (each also printed): per-iteration time against a bare forward+backward at 512², 1024² and
+2048²; achieved TFLOP/s of the network in the loop; end-to-end time of the quality preset at 512 and
+1024; peak memory per output pixel at 2048²; fast-path switches (channels_last, bf16) on and off;
+30 consecutive runs without growth of allocated memory; determinism of two same-seed runs; and the
+side-by-side comparison of ``bench.compare`` at 512. Meant to finish within 10 minutes on an H100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+import torch
+
+from nst_core import get_preset, load_extractor, transfer
+from nst_core.memory import estimate_bytes
+
+from .common import ROOT, bench_images, describe_device, print_table
+from .iteration import bare_iteration, preset_iteration
+
+MAC_PER_PIXEL_RELU5_1 = 361e3  # VGG19 up to relu5_1 (see the style-transfer reference, cost model)
+
+
+def section(title: str, out: io.StringIO) -> None:
+    print(f"\n## {title}\n", file=out)
+
+
+def run_suite(quick: bool) -> str:
+    """Run every section; return the Markdown report."""
+    dev = "cuda"
+    report = io.StringIO()
+    print(f"# GPU suite\n\n{describe_device(dev)}; {time.strftime('%Y-%m-%d')}", file=report)
+    ext = load_extractor(device=dev)
+    sizes = [512, 1024] if quick else [512, 1024, 2048]
+
+    section("Per-iteration time (quality preset, one scale) vs bare forward+backward to relu5_1", report)
+    rows: List[Dict[str, object]] = []
+    for size in sizes:
+        c, s = bench_images(size, square=True)
+        c, s = c.to(dev), s.to(dev)
+        bare = bare_iteration(ext, c, 29, 10)
+        for label, extra in (("fp32", {}), ("channels_last", {"channels_last": True}),
+                             ("bf16 autocast", {"autocast_bf16": True})):
+            it = preset_iteration(ext, c, s, "quality", 10, **extra)
+            flop = 4 * MAC_PER_PIXEL_RELU5_1 * size * size
+            rows.append({"size": f"{size}²", "variant": label, "bare ms": f"{bare * 1e3:.2f}",
+                         "iter ms": f"{it * 1e3:.2f}", "ratio": f"{it / bare:.2f}",
+                         "network TFLOP/s": f"{flop / it / 1e12:.1f}"})
+    with contextlib.redirect_stdout(report):
+        print_table(rows)
+
+    section("End to end, quality preset (weights loaded once, targets included)", report)
+    rows = []
+    for size in [512, 1024] + ([] if quick else [2048]):
+        c, s = bench_images(size)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        y = transfer(ext, c, [s], "quality")
+        torch.cuda.synchronize()
+        secs = time.perf_counter() - t
+        peak = torch.cuda.max_memory_allocated()
+        p = get_preset("quality")
+        est = estimate_bytes(tuple(y.shape[-2:]), list(p.style_layers) + [p.content_layer], p.settings)
+        px = y.shape[-1] * y.shape[-2]
+        rows.append({"size": f"{y.shape[-1]}x{y.shape[-2]}", "seconds": f"{secs:.2f}",
+                     "peak MiB": f"{peak / 2**20:.0f}", "bytes/pixel": f"{peak / px:.0f}",
+                     "estimate bytes/pixel": f"{est / px:.0f}"})
+    with contextlib.redirect_stdout(report):
+        print_table(rows)
+
+    section("30 consecutive runs: allocated memory", report)
+    c, s = bench_images(128)
+    allocated = []
+    for i in range(30):
+        transfer(ext, c, [s], "fast", steps=5)
+        torch.cuda.synchronize()
+        allocated.append(torch.cuda.memory_allocated())
+    print(f"after run 1: {allocated[0] / 2**20:.1f} MiB; after run 30: {allocated[-1] / 2**20:.1f} MiB; "
+          f"growth {(allocated[-1] - allocated[2]) / 2**20:.2f} MiB (runs 3→30)", file=report)
+
+    section("Determinism: two runs with the same seed", report)
+    a = transfer(ext, c, [s], "fast", steps=20, init="noise", seed=3)
+    b = transfer(ext, c, [s], "fast", steps=20, init="noise", seed=3)
+    print(f"identical: {torch.equal(a, b)}; max abs difference {float((a - b).abs().max()):.2e}", file=report)
+
+    section("Side by side at 512 (bench.compare)", report)
+    res = subprocess.run([sys.executable, "-m", "bench.compare", "--size", "512", "--device", dev],
+                         cwd=ROOT, capture_output=True, text=True, timeout=420)
+    print(res.stdout or res.stderr[-2000:], file=report)
+    return report.getvalue()
+
+
+def main(argv=None) -> int:
+    """Run the suite and write ``gpu_suite.md`` into ``--out``."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="folder for gpu_suite.md")
+    ap.add_argument("--quick", action="store_true", help="skip 2048²")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench.gpu_suite needs CUDA; use bench.iteration / bench.compare on the CPU")
+    os.makedirs(args.out, exist_ok=True)
+    text = run_suite(args.quick)
+    with open(os.path.join(args.out, "gpu_suite.md"), "w") as f:
+        f.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

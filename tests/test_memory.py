@@ -1,0 +1,22 @@
+"""The memory estimate."""
+
+from nst_core import get_preset
+from nst_core.memory import activation_floats, estimate_bytes
+
+
+def test_activation_count_matches_the_layer_shapes_by_hand():
+    # conv1_1 + relu1_1 at 32x32 with 64 channels
+    assert activation_floats("vgg19", (32, 32), "relu1_1") == 2 * 64 * 32 * 32
+    # ... + conv1_2, relu1_2 (64 ch) + pool1 (64 ch at 16x16)
+    assert activation_floats("vgg19", (32, 32), "pool1") == 4 * 64 * 32 * 32 + 64 * 16 * 16
+
+
+def test_estimate_grows_with_pixels_and_lbfgs_history_is_bounded():
+    p = get_preset("quality")
+    layers = list(p.style_layers) + [p.content_layer]
+    small = estimate_bytes((256, 256), layers, p.settings)
+    big = estimate_bytes((1024, 1024), layers, p.settings)
+    assert 12 < big / small < 17  # ~16x the pixels, plus the fixed weights
+    lb = p.settings.replace(optimizer="lbfgs", lbfgs_history=100, lbfgs_memory_mb=256)
+    # history bounded by 256 MiB: the estimate stays within activations + 256 MiB + small change
+    assert estimate_bytes((2048, 2048), layers, lb) - estimate_bytes((2048, 2048), layers, p.settings) < 300 * 2**20
