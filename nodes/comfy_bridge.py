@@ -101,11 +101,11 @@ class Progress:
         self.total = max(1, int(total))
         self.bar = _cu.ProgressBar(self.total) if _cu is not None else None
 
-    def update(self, step: int, preview: Optional["object"] = None) -> None:
+    def update(self, step: int, preview: Optional["object"] = None, max_size: int = 512) -> None:
         """Report ``step``; ``preview`` is a PIL image shown on the node while it runs."""
         if self.bar is None:
             return
         if preview is not None:
-            self.bar.update_absolute(step, self.total, ("JPEG", preview, 512))
+            self.bar.update_absolute(step, self.total, ("JPEG", preview, max_size))
         else:
             self.bar.update_absolute(step, self.total)

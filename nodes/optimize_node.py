@@ -36,7 +36,8 @@ class StyleTransferOptimizeNode:
                 }),
                 "steps": ("INT", {
                     "default": 0, "min": 0, "max": 10000,
-                    "tooltip": "Iterations per pyramid scale; 0 = the preset's.",
+                    "tooltip": "Iterations at each pyramid scale (the smallest scale gets more, in the preset's "
+                               "ratio); 0 = the preset's. On a CPU keep size and steps small.",
                 }),
                 "content_weight": ("FLOAT", {
                     "default": 1.0, "min": 0.0, "max": 1000.0, "step": 0.05,
@@ -96,7 +97,8 @@ class StyleTransferOptimizeNode:
             progress.update(info.step)
 
         def on_preview(step, image):
-            progress.update(step, to_pil(image[0]))
+            pil = to_pil(image[0])
+            progress.update(step, pil, min(512, max(pil.size)))
 
         try:
             with extractor_on(extractor, device) as ext:

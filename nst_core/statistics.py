@@ -7,7 +7,8 @@ per-image averages they are built from).
 
 from __future__ import annotations
 
-from typing import Tuple
+import contextlib
+from typing import Iterator, Tuple
 
 import torch
 
@@ -71,9 +72,29 @@ def covariance(mean: torch.Tensor, second: torch.Tensor, eps: float = 1e-4) -> t
     return cov + (eps * scale)[..., None, None] * eye
 
 
+@contextlib.contextmanager
+def _one_thread(t: torch.Tensor) -> Iterator[None]:
+    """LAPACK's threaded eigensolver can be 100× slower on a busy CPU; these matrices are small."""
+    if t.device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def eigh(matrix: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh``, single-threaded on the CPU."""
+    with _one_thread(matrix):
+        return torch.linalg.eigh(matrix)
+
+
 def sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
     """Principal square root of a symmetric positive semi-definite matrix (no gradient needed)."""
-    vals, vecs = torch.linalg.eigh(matrix)
+    vals, vecs = eigh(matrix)
     return (vecs * vals.clamp_min(0).sqrt().unsqueeze(-2)) @ vecs.transpose(-1, -2)
 
 
@@ -82,7 +103,7 @@ class _TraceSqrtm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, m: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        vals, vecs = torch.linalg.eigh(m)
+        vals, vecs = eigh(m)
         vals = vals.clamp_min(1e-12 * vals.abs().amax(-1, keepdim=True).clamp_min(1e-30))
         ctx.save_for_backward(vals, vecs)
         return vals.sqrt().sum(-1)

@@ -163,9 +163,10 @@ def ui_format(graph) -> dict:
         values = [widgets[w] for w in wnames if w in widgets]
         if cls == "NST_StyleTransferOptimize":
             values.insert(wnames.index("seed") + 1, "fixed")
+        height = 340 if cls == "LoadImage" else 100 + 26 * len(values)  # room for the image preview
         node = {
-            "id": nid, "type": cls, "pos": [40 + 340 * col, 40 + 330 * row],
-            "size": [300, 100 + 26 * len(values)], "flags": {}, "order": order, "mode": 0,
+            "id": nid, "type": cls, "pos": [40 + 340 * col, 40 + 390 * row],
+            "size": [300, height], "flags": {}, "order": order, "mode": 0,
             "inputs": [{"name": n, "type": t, "link": next((l[0] for l in links if l[3] == nid and l[4] == i), None)}
                        for i, (n, t) in enumerate(linked)],
             "outputs": [{"name": n, "type": t, "links": consumers.get((nid, i), []), "slot_index": i}
