@@ -77,18 +77,18 @@ PRESETS: Dict[str, Preset] = {
     "fast": Preset(
         name="fast",
         description="A quick look: mean/covariance (W2) style loss, Adam with an averaged iterate, "
-        "two pyramid scales, few iterations.",
+        "a shorter pyramid from 180 px, few iterations.",
         style_layer_weights=(4.0, 2.0, 1.0, 1.0, 1.0),
-        settings=Settings(optimizer="adam", steps=60, first_steps=80, min_size=180, lr=0.03,
-                          ema_decay=0.95, content_weight=0.15, style_weight=1.0, tv_weight=2.0),
+        settings=Settings(optimizer="adam", steps=40, first_steps=60, min_size=180, lr=0.06,
+                          ema_decay=0.85, content_weight=0.2, style_weight=1.0, tv_weight=2.0),
     ),
     "quality": Preset(
         name="quality",
         description="The default: mean/covariance (W2) style loss, relu4_2 content, Adam with an averaged "
         "iterate over a √2 pyramid from 128 px, content init.",
         style_layer_weights=(4.0, 2.0, 1.0, 1.0, 1.0),
-        settings=Settings(optimizer="adam", steps=150, first_steps=300, min_size=128, lr=0.02,
-                          ema_decay=0.97, content_weight=0.15, style_weight=1.0, tv_weight=2.0),
+        settings=Settings(optimizer="adam", steps=60, first_steps=100, min_size=128, lr=0.05,
+                          ema_decay=0.9, content_weight=0.2, style_weight=1.0, tv_weight=2.0),
     ),
 }
 
