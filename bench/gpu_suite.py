@@ -26,7 +26,7 @@ from nst_core import get_preset, load_extractor, transfer
 from nst_core.memory import estimate_bytes
 
 from .common import ROOT, bench_images, describe_device, print_table
-from .iteration import bare_iteration, preset_iteration
+from .iteration import compare_iteration
 
 MAC_PER_PIXEL_RELU5_1 = 361e3  # VGG19 up to relu5_1 (see the style-transfer reference, cost model)
 
@@ -48,10 +48,9 @@ def run_suite(quick: bool) -> str:
     for size in sizes:
         c, s = bench_images(size, square=True)
         c, s = c.to(dev), s.to(dev)
-        bare = bare_iteration(ext, c, 29, 10)
         for label, extra in (("fp32", {}), ("channels_last", {"channels_last": True}),
                              ("bf16 autocast", {"autocast_bf16": True})):
-            it = preset_iteration(ext, c, s, "quality", 10, **extra)
+            bare, it = compare_iteration(ext, c, s, "quality", 29, 10, **extra)
             flop = 4 * MAC_PER_PIXEL_RELU5_1 * size * size
             rows.append({"size": f"{size}²", "variant": label, "bare ms": f"{bare * 1e3:.2f}",
                          "iter ms": f"{it * 1e3:.2f}", "ratio": f"{it / bare:.2f}",

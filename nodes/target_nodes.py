@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import List, Optional
 
 from ..nst_core.layers import layer_names, parse_layers
@@ -63,8 +64,9 @@ class ContentTargetNode:
 
     def build(self, extractor, image, layer, weight):
         img = image_to_nst(image, "content image")
-        with extractor_on(extractor, bridge.compute_device()) as ext:
-            target = ContentTarget.create(ext, img, layer, weight)
+        with _oom_advice(img, "content"):
+            with extractor_on(extractor, bridge.compute_device()) as ext:
+                target = ContentTarget.create(ext, img, layer, weight)
         return (target.to("cpu"),)
 
 
@@ -132,12 +134,27 @@ class GramStyleTargetNode:
               add_to=None, blend_weight=1.0):
         names, weights = resolve_layers(layers, custom_layers, layer_weights)
         img = image_to_nst(image, "style image")
-        with extractor_on(extractor, bridge.compute_device()) as ext:
-            target = StyleTarget.create(ext, img, names, weights, statistic, None, style_scale)
+        with _oom_advice(img, "style"):
+            with extractor_on(extractor, bridge.compute_device()) as ext:
+                target = StyleTarget.create(ext, img, names, weights, statistic, None, style_scale)
         target = target.to("cpu")
         if add_to is not None:
             target = add_to.blend(target, blend_weight)
         return (target,)
+
+
+@contextlib.contextmanager
+def _oom_advice(img, what: str):
+    """Turn out-of-memory while capturing a target into advice (as Style Transfer Optimize does)."""
+    try:
+        yield
+    except bridge.oom_errors():
+        bridge.empty_cache()
+        h, w = img.shape[-2:]
+        raise RuntimeError(
+            f"out of memory capturing the {what} target of a {w}×{h} image; use a smaller image (e.g. "
+            "Upscale Image to a smaller size first) or run ComfyUI with --cpu"
+        ) from None
 
 
 def resolve_layers(layers, custom_layers, layer_weights):

@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> None:
         if args.command == "transfer":
             content = load_image(args.content, args.size)
             styles = [load_image(s) for s in args.styles]
-            layers = parse_layers(args.style_layers, args.arch) if args.style_layers else None
+            layers = parse_layers(args.style_layers, args.arch) if args.style_layers is not None else None
             out = transfer(ext, content, styles, args.preset, None, args.content_layer, layers, None,
                            args.statistic, args.style_blend, args.style_scale, init,
                            content_weight=args.content_weight, style_weight=args.style_weight,
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> None:
                               **{k: v for k, v in settings.items() if k != "steps"})
         else:
             styles = [load_image(s) for s in args.styles]
-            layers = parse_layers(args.style_layers, args.arch) if args.style_layers else None
+            layers = parse_layers(args.style_layers, args.arch) if args.style_layers is not None else None
             out = texture(ext, styles, args.preset, args.size, layers, args.statistic, args.style_blend,
                           args.style_scale, init, **callbacks, **settings)
     finally:

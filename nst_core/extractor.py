@@ -69,6 +69,7 @@ class Extractor(nn.Module):
         self.pooling = pooling
         self.padding = padding
         self.weights_name = loaded.name
+        self.weights_fingerprint = loaded.fingerprint
         self.preprocessing = loaded.preprocessing
         self.names = layer_names(arch)
         self.features = build_features(arch, pooling, padding)
@@ -86,7 +87,8 @@ class Extractor(nn.Module):
     @property
     def signature(self) -> str:
         """Identifies the network and preprocessing; targets record it to catch mixing extractors."""
-        return f"{self.arch}|{self.weights_name}|{self.pooling}|{self.padding}"
+        base = f"{self.arch}|{self.weights_name}|{self.pooling}|{self.padding}"
+        return f"{base}|{self.weights_fingerprint}" if self.weights_fingerprint else base
 
     @property
     def device(self) -> torch.device:

@@ -35,7 +35,7 @@ def layer_index(arch: str, name: str) -> int:
     """Position of layer ``name`` in ``arch``'s ``features``; a clear error suggests the nearest name."""
     names = layer_names(arch)
     if not isinstance(name, str) or name not in names:
-        near = difflib.get_close_matches(str(name), names, n=1)
+        near = difflib.get_close_matches(str(name).lower(), names, n=1)
         hint = f" Did you mean {near[0]!r}?" if near else ""
         raise ValueError(
             f"unknown layer {name!r} for {arch}.{hint} Layers are named like conv1_1, relu4_2, pool5."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import traceback
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -18,6 +19,10 @@ from .targets import ContentTarget, StyleTarget
 
 class Cancelled(RuntimeError):
     """Raised when the cancel callback asks the run to stop."""
+
+
+class NonFiniteLoss(FloatingPointError, ValueError):
+    """The loss or the image became NaN/Inf (weights or learning rate far too large): a ValueError."""
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,7 @@ def pyramid_sizes(final_hw: Tuple[int, int], min_size: int, min_edge: int = 1) -
     while True:
         nxt = round(edges[-1] / math.sqrt(2))
         hw = fit_long_edge(final_hw, nxt)
-        if nxt < min_size or min(hw) < min_edge:
+        if nxt < min_size or nxt >= edges[-1] or min(hw) < min_edge:  # (round(1/√2) is 1 again)
             break
         edges.append(nxt)
     return [fit_long_edge(final_hw, e) if e != long_edge else tuple(final_hw) for e in reversed(edges)]
@@ -81,16 +86,42 @@ class AveragedIterate:
         return self.avg / (1 - self.decay**self.count) if self.count else self.avg.clone()
 
 
+def check_size(size: Optional[int]) -> None:
+    """``size`` (the output's long edge) is None or at least 1."""
+    if size is not None and size < 1:
+        raise ValueError(f"size (the output's long edge in px) must be at least 1; got {size}")
+
+
+def check_max_size(hw: Tuple[int, int], max_size: int) -> None:
+    """Refuse an output whose long edge is above ``max_size`` (cheap: call it before any network work)."""
+    if max(hw) > max_size:
+        raise ValueError(
+            f"the output would be {hw[1]}×{hw[0]} px, above the maximum long edge of "
+            f"{max_size} px; use a smaller size (or raise max_size if you have the memory)"
+        )
+
+
 def _validate(settings: Settings, content: Optional[ContentTarget], style: Optional[StyleTarget],
               extractor: Extractor) -> None:
     if content is None and style is None:
         raise ValueError("nothing to optimise for: give a content target, a style target, or both")
+    if content is not None and not isinstance(content, ContentTarget):
+        raise TypeError(f"content must be a ContentTarget (ContentTarget.create or a Content Target node); "
+                        f"got {type(content).__name__}")
+    if style is not None and not isinstance(style, StyleTarget):
+        raise TypeError(f"style must be a StyleTarget (StyleTarget.create or a Gram Style Target node); "
+                        f"got {type(style).__name__}")
     for name, t in (("content", content), ("style", style)):
         if t is not None and t.extractor_signature != extractor.signature:
             raise ValueError(
                 f"the {name} target was made with extractor {t.extractor_signature!r} but is used with "
                 f"{extractor.signature!r}; build the targets with the same extractor you optimise with"
             )
+    validate_settings(settings)
+
+
+def validate_settings(settings: Settings) -> None:
+    """Check the settings alone (no network): what optimize() would refuse."""
     if settings.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer {settings.optimizer!r} is not supported; choose one of {list(OPTIMIZERS)}")
     for name in ("steps", "min_size", "lbfgs_max_iter", "lbfgs_history", "loss_every"):
@@ -203,12 +234,9 @@ def optimize(
     _validate(settings, content, style, extractor)
     if isinstance(init, str) and init not in INITS:
         raise ValueError(f"init {init!r} is not supported; choose one of {list(INITS)} or pass an image tensor")
+    check_size(size)
     final_hw = output_size(content, init, size)
-    if max(final_hw) > settings.max_size:
-        raise ValueError(
-            f"the output would be {final_hw[1]}×{final_hw[0]} px, above the maximum long edge of "
-            f"{settings.max_size} px; use a smaller size (or raise max_size if you have the memory)"
-        )
+    check_max_size(final_hw, settings.max_size)
     layers = list(style.layers if style else []) + ([content.layer] if content else [])
     min_edge = extractor.min_edge(layers)
     if min(final_hw) < min_edge:
@@ -231,7 +259,12 @@ def optimize(
             for i, (hw, n) in enumerate(zip(sizes, plan)):
                 x = run.scale(i, len(sizes), hw, n, x)
             return x.detach().clamp(0, 1).cpu()
+        except BaseException as exc:
+            # the traceback would keep the image, gradients and optimiser state alive
+            traceback.clear_frames(exc.__traceback__.tb_next)
+            raise
         finally:
+            x = None
             run.release()
 
 
@@ -262,7 +295,7 @@ class _Run:
             read = self.step % s.loss_every == 0 or self.step == self.total
             losses = {k: float(v.detach()) for k, v in parts.items()} if read else None
             if losses is not None and not math.isfinite(losses["total"]):
-                raise FloatingPointError(
+                raise NonFiniteLoss(
                     f"the loss became {losses['total']} at step {self.step}; lower the learning rate or the weights"
                 )
             self.progress(Progress(self.step, self.total, scale, scales, tuple(hw), losses))
@@ -277,9 +310,10 @@ class _Run:
         style_targets = self.style.at_size(ext, max(hw)) if self.style is not None else None
         self.objective = _Objective(ext, s, self.content, content_feats, self.style, style_targets)
         x.requires_grad_(True)
-        if s.optimizer == "adam":
-            return self._adam(i, scales, hw, steps, x)
-        return self._lbfgs(i, scales, hw, steps, x)
+        out = self._adam(i, scales, hw, steps, x) if s.optimizer == "adam" else self._lbfgs(i, scales, hw, steps, x)
+        if not bool(torch.isfinite(out).all()):  # one sync per scale
+            raise NonFiniteLoss(f"the image became NaN/Inf at {hw[1]}×{hw[0]} px; lower the learning rate or the weights")
+        return out
 
     def _adam(self, i, scales, hw, steps, x) -> torch.Tensor:
         s = self.settings

@@ -7,8 +7,9 @@ from typing import Any, Optional, Sequence
 import torch
 
 from .extractor import Extractor
-from .image import as_rgb_batch, resize_long_edge
-from .optimize import Init, PreviewFn, ProgressFn, CancelFn, optimize
+from .image import as_rgb_batch, fit_long_edge, resize_long_edge
+from .layers import parse_layers
+from .optimize import Init, PreviewFn, ProgressFn, CancelFn, check_max_size, check_size, optimize, validate_settings
 from .presets import DEFAULT_PRESET, get_preset
 from .targets import ContentTarget, StyleTarget
 
@@ -33,16 +34,20 @@ def transfer(
 ) -> torch.Tensor:
     """Stylise ``content`` (``[B,3,H,W]`` 0..1) with ``styles``; extra keywords override the preset's settings."""
     p = get_preset(preset)
+    run_settings = p.settings.replace(**settings)
+    validate_settings(run_settings)
     content = as_rgb_batch(content, "content image")
+    check_max_size(fit_long_edge(tuple(content.shape[-2:]), size) if size else tuple(content.shape[-2:]),
+                   run_settings.max_size)
     if size:
         content = resize_long_edge(content, size)
-    layers = style_layers or p.style_layers
+    layers = parse_layers(p.style_layers if style_layers is None else style_layers, extractor.arch)
     weights = style_layer_weights
     if weights is None and style_layers is None:
         weights = p.style_layer_weights
     c = ContentTarget.create(extractor, content, content_layer or p.content_layer)
     s = StyleTarget.create(extractor, styles, layers, weights, statistic or p.statistic, style_blend, style_scale)
-    return optimize(extractor, c, s, init, p.settings.replace(**settings), None, progress, preview, cancel)
+    return optimize(extractor, c, s, init, run_settings, None, progress, preview, cancel)
 
 
 def reconstruct(
@@ -58,12 +63,15 @@ def reconstruct(
     **settings: Any,
 ) -> torch.Tensor:
     """Rebuild an image from one layer's activations alone, starting from noise (L-BFGS, one scale)."""
+    run_settings = get_preset("seed").settings.replace(steps=steps, content_weight=1.0, tv_weight=0.0).replace(**settings)
+    validate_settings(run_settings)
     content = as_rgb_batch(content, "content image")
+    check_max_size(fit_long_edge(tuple(content.shape[-2:]), size) if size else tuple(content.shape[-2:]),
+                   run_settings.max_size)
     if size:
         content = resize_long_edge(content, size)
     c = ContentTarget.create(extractor, content, layer)
-    base = get_preset("seed").settings.replace(steps=steps, content_weight=1.0, tv_weight=0.0)
-    return optimize(extractor, c, None, init, base.replace(**settings), None, progress, preview, cancel)
+    return optimize(extractor, c, None, init, run_settings, None, progress, preview, cancel)
 
 
 def texture(
@@ -83,7 +91,11 @@ def texture(
 ) -> torch.Tensor:
     """Synthesise a ``size``×``size`` texture from the style image(s) alone, starting from noise."""
     p = get_preset(preset)
+    run_settings = p.settings.replace(**settings)
+    validate_settings(run_settings)
+    check_size(size)
+    check_max_size((size, size), run_settings.max_size)
     weights = p.style_layer_weights if style_layers is None else None
-    s = StyleTarget.create(extractor, styles, style_layers or p.style_layers, weights,
+    s = StyleTarget.create(extractor, styles, p.style_layers if style_layers is None else style_layers, weights,
                            statistic or p.statistic, style_blend, style_scale)
-    return optimize(extractor, None, s, init, p.settings.replace(**settings), size, progress, preview, cancel)
+    return optimize(extractor, None, s, init, run_settings, size, progress, preview, cancel)

