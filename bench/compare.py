@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from nst_core import Cancelled, get_preset, load_extractor, load_image, save_image, transfer
+from nst_core import Cancelled, load_extractor, load_image, save_image, transfer
 
 from .common import ROOT, bench_images, describe_device, image_path, peak_rss_mb, print_table, sync
 from .referee import Referee

@@ -337,9 +337,7 @@ class _Run:
             self._tick(i, scales, hw, parts, ema.value)
         st = opt.state[x]
         self.adam_state = (st["exp_avg"].detach(), st["exp_avg_sq"].detach(), int(float(st["step"])))
-        out = ema.value().clamp(0, 1)
-        del opt, ema
-        return out
+        return ema.value().clamp(0, 1)
 
     def _lbfgs(self, i, scales, hw, steps, x) -> torch.Tensor:
         s = self.settings
@@ -366,5 +364,4 @@ class _Run:
                 x.clamp_(0, 1)
             if done == before:
                 break
-        del opt
         return x.detach().clamp(0, 1)

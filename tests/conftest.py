@@ -7,8 +7,10 @@ Caffe preprocessing check, generated images, and a locator for ``../shared/image
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -134,3 +136,27 @@ def shared_images() -> Callable[[str], Path]:
 
     return find
 
+
+
+@pytest.fixture(scope="module")
+def pack(request):
+    """The repository root imported as a package, the way ComfyUI loads a custom node folder.
+
+    Each test module gets its own copy (named after the module), removed again afterwards.
+    """
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    name = "nst_pack_" + request.module.__name__.rsplit(".", 1)[-1]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, "__init__.py"),
+                                                  submodule_search_locations=[root])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    yield module
+    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+        del sys.modules[key]
+
+
+@pytest.fixture(scope="module")
+def nodes(pack):
+    """One instance of each node class of the pack."""
+    return {k: v() for k, v in pack.NODE_CLASS_MAPPINGS.items()}

@@ -94,31 +94,11 @@ def comfy_image(nchw: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- the node pack
 
-PACK = "nst_pack_bad_inputs"
-
-
-@pytest.fixture(scope="module")
-def pack():
-    """The repository imported as a package, the way ComfyUI loads a custom node folder."""
-    spec = importlib.util.spec_from_file_location(PACK, os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK] = module
-    spec.loader.exec_module(module)
-    yield module
-    for key in [k for k in sys.modules if k == PACK or k.startswith(PACK + ".")]:
-        del sys.modules[key]
-
 
 @pytest.fixture(scope="module")
 def pcore(pack):
     """The pack's own copy of nst_core (the nodes check isinstance against its classes)."""
-    return importlib.import_module(PACK + ".nst_core")
-
-
-@pytest.fixture(scope="module")
-def nodes(pack):
-    return {k: v() for k, v in pack.NODE_CLASS_MAPPINGS.items()}
+    return importlib.import_module(pack.__name__ + ".nst_core")
 
 
 @pytest.fixture(scope="module")
@@ -576,7 +556,7 @@ class _RunsCode:
 
 
 @pytest.mark.parametrize("fmt", ["torch-zip", "torch-legacy", "plain-pickle"])
-def test_weights_pickle_that_would_execute_code(tmp_path, fmt, nodes, monkeypatch):
+def test_weights_pickle_that_would_execute_code(tmp_path, fmt, pack, nodes, monkeypatch):
     marker = tmp_path / "code_ran"
     sd = {f"features.{k}": v for k, v in W.load_random("vgg19").state_dict.items()}
     sd["features.0.weight"] = _RunsCode(str(marker))
@@ -595,7 +575,7 @@ def test_weights_pickle_that_would_execute_code(tmp_path, fmt, nodes, monkeypatc
         nst_core.load_extractor(weights=str(path))
     assert not marker.exists(), "unpickling the weights file ran code"
     # through the node (the file as if it were in models/vgg)
-    bridge = sys.modules[PACK + ".nodes.comfy_bridge"]
+    bridge = sys.modules[pack.__name__ + ".nodes.comfy_bridge"]
     monkeypatch.setattr(bridge, "vgg_path", lambda name: str(path))
     with raises(ValueError, "could not be loaded safely"):
         nodes["NST_LoadVGGExtractor"].load("evil.pth", "vgg19", "max", "replicate")

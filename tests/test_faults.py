@@ -22,7 +22,6 @@ from nst_core import Cancelled, ContentTarget, Settings, StyleTarget, optimize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = ["relu1_1", "relu2_1", "relu3_1"]
-PACK = "nst_pack_faults"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -104,30 +103,13 @@ def assert_image(out: torch.Tensor, shape) -> None:
 
 
 @pytest.fixture(scope="module")
-def pack():
-    spec = importlib.util.spec_from_file_location(PACK, os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK] = module
-    spec.loader.exec_module(module)
-    yield module
-    for key in [k for k in sys.modules if k == PACK or k.startswith(PACK + ".")]:
-        del sys.modules[key]
-
-
-@pytest.fixture(scope="module")
 def bridge(pack):
-    return sys.modules[PACK + ".nodes.comfy_bridge"]
-
-
-@pytest.fixture(scope="module")
-def nodes(pack):
-    return {k: v() for k, v in pack.NODE_CLASS_MAPPINGS.items()}
+    return sys.modules[pack.__name__ + ".nodes.comfy_bridge"]
 
 
 @pytest.fixture(scope="module")
 def pext(pack):
-    return importlib.import_module(PACK + ".nst_core").load_extractor(weights="random", seed=0)
+    return importlib.import_module(pack.__name__ + ".nst_core").load_extractor(weights="random", seed=0)
 
 
 def node_targets(nodes, ext, content_hw=(32, 32), seed=0):

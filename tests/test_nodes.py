@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import sys
 
 import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED = "original VGG19 (bundled)"
-
-
-@pytest.fixture(scope="module")
-def pack():
-    """The repository root imported as a package, the way ComfyUI loads a custom node folder."""
-    name = "nst_pack_under_test"
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    yield module
-    for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
-        del sys.modules[key]
-
-
-@pytest.fixture(scope="module")
-def nodes(pack):
-    return {k: v() for k, v in pack.NODE_CLASS_MAPPINGS.items()}
 
 
 @pytest.fixture(scope="module")
