@@ -22,25 +22,44 @@ def _flat(features: torch.Tensor) -> torch.Tensor:
     return features.reshape(b, c, h * w)
 
 
+class _Gram(torch.autograd.Function):
+    """F·Fᵀ with a single-matmul backward, (dG + dGᵀ)·F: autograd's default takes two and an add."""
+
+    @staticmethod
+    def forward(ctx, f: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(f)
+        return f @ f.transpose(-1, -2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        (f,) = ctx.saved_tensors
+        return (grad + grad.transpose(-1, -2)) @ f
+
+
+def outer(f: torch.Tensor) -> torch.Tensor:
+    """``f @ fᵀ`` over the last two dims, ``[B,C,N]`` → ``[B,C,C]``."""
+    return _Gram.apply(f)
+
+
 def gram_normalized(features: torch.Tensor) -> Stat:
     """Gram of per-channel L2-normalised features (channel cosine similarities), ``[B,C,C]``."""
     f = _flat(features)
     f = f / f.norm(dim=2, keepdim=True).clamp_min(1e-8)
-    return (f @ f.transpose(1, 2),)
+    return (outer(f),)
 
 
 def gram(features: torch.Tensor) -> Stat:
     """Gram matrix divided by C·H·W, ``[B,C,C]``."""
     f = _flat(features)
     b, c, n = f.shape
-    return (f @ f.transpose(1, 2) / (c * n),)
+    return (outer(f) / (c * n),)
 
 
 def moments(features: torch.Tensor) -> Stat:
     """Mean ``[B,C]`` and raw second moment ``[B,C,C]`` (F·Fᵀ / H·W); covariance is derived from them."""
     f = _flat(features)
     n = f.shape[2]
-    return f.mean(dim=2), f @ f.transpose(1, 2) / n
+    return f.mean(dim=2), outer(f) / n
 
 
 def compute(statistic: str, features: torch.Tensor) -> Stat:

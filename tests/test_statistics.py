@@ -144,3 +144,14 @@ def test_trace_sqrtm_gradient_is_half_inverse_sqrt():
     st.trace_sqrtm(m).backward()
     want = 0.5 * torch.linalg.inv(st.sqrtm_psd(m.detach()))
     assert torch.allclose(m.grad, want, atol=1e-8)
+
+
+def test_outer_matches_autograd_of_the_plain_product():
+    from nst_core.statistics import outer
+
+    f = torch.randn(2, 5, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(outer, (f,))
+    g = torch.randn(2, 5, 5, dtype=torch.float64)
+    (a,) = torch.autograd.grad((outer(f) * g).sum(), f)
+    (b,) = torch.autograd.grad(((f @ f.transpose(1, 2)) * g).sum(), f)
+    assert torch.allclose(a, b)
