@@ -166,3 +166,15 @@ def test_runtime_errors_are_readable_and_the_server_survives(comfy, inputs):
     result = comfy.run(no_target, timeout=120)
     assert "content_target, a style_target, or both" in json.dumps(result.error), result.describe()
     assert comfy.run(_long_run(steps=2), timeout=120).ok
+
+
+def test_changing_only_optimiser_settings_reuses_cached_targets(comfy, inputs, ws):
+    first = comfy.run(_long_run(steps=2), timeout=120, ws=ws)
+    assert first.ok, first.describe()
+    second_prompt = _long_run(steps=3)  # only the Optimize node's settings change
+    second = comfy.run(second_prompt, timeout=120, ws=ws)
+    assert second.ok, second.describe()
+    cached = [n for e in ws.events_for(second.prompt_id, "execution_cached") for n in e["data"]["nodes"]]
+    executed = [e["data"]["node"] for e in ws.events_for(second.prompt_id, "executing") if e["data"]["node"]]
+    assert {"1", "2", "3"} <= set(cached), (cached, executed)
+    assert "3" not in executed and "4" in executed
