@@ -14,6 +14,14 @@ from .presets import DEFAULT_PRESET, get_preset
 from .targets import ContentTarget, StyleTarget
 
 
+def _prepare_content(content: torch.Tensor, size: Optional[int], max_size: int) -> torch.Tensor:
+    """Validate the content image and bring it to long edge ``size``; refuse too large sizes first."""
+    content = as_rgb_batch(content, "content image")
+    hw = tuple(content.shape[-2:])
+    check_max_size(fit_long_edge(hw, size) if size else hw, max_size)
+    return resize_long_edge(content, size) if size else content
+
+
 def transfer(
     extractor: Extractor,
     content: torch.Tensor,
@@ -36,11 +44,7 @@ def transfer(
     p = get_preset(preset)
     run_settings = p.settings.replace(**settings)
     validate_settings(run_settings)
-    content = as_rgb_batch(content, "content image")
-    check_max_size(fit_long_edge(tuple(content.shape[-2:]), size) if size else tuple(content.shape[-2:]),
-                   run_settings.max_size)
-    if size:
-        content = resize_long_edge(content, size)
+    content = _prepare_content(content, size, run_settings.max_size)
     layers = parse_layers(p.style_layers if style_layers is None else style_layers, extractor.arch)
     weights = style_layer_weights
     if weights is None and style_layers is None:
@@ -65,11 +69,7 @@ def reconstruct(
     """Rebuild an image from one layer's activations alone, starting from noise (L-BFGS, one scale)."""
     run_settings = get_preset("seed").settings.replace(steps=steps, content_weight=1.0, tv_weight=0.0).replace(**settings)
     validate_settings(run_settings)
-    content = as_rgb_batch(content, "content image")
-    check_max_size(fit_long_edge(tuple(content.shape[-2:]), size) if size else tuple(content.shape[-2:]),
-                   run_settings.max_size)
-    if size:
-        content = resize_long_edge(content, size)
+    content = _prepare_content(content, size, run_settings.max_size)
     c = ContentTarget.create(extractor, content, layer)
     return optimize(extractor, c, None, init, run_settings, None, progress, preview, cancel)
 
