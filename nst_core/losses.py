@@ -28,6 +28,7 @@ class LayerStyle:
     stat: st.Stat  # each tensor has batch dimension 1
     norm: torch.Tensor  # scalar: target magnitude the loss is divided by
     cov_sqrt: Optional[torch.Tensor] = None  # moments only: Σₛ^½
+    cov_trace: Optional[torch.Tensor] = None  # moments only: tr(Σₛ)
 
     @classmethod
     def prepare(cls, statistic: str, stat: st.Stat) -> "LayerStyle":
@@ -36,7 +37,8 @@ class LayerStyle:
             mean, second = stat
             cov = st.covariance(mean, second)
             norm = second.diagonal(dim1=-2, dim2=-1).mean()
-            return cls(statistic, stat, norm.clamp_min(1e-12), st.sqrtm_psd(cov))
+            return cls(statistic, stat, norm.clamp_min(1e-12), st.sqrtm_psd(cov),
+                       cov.diagonal(dim1=-2, dim2=-1).sum(-1))
         return cls(statistic, stat, stat[0].pow(2).mean().clamp_min(1e-12))
 
     def to(self, device: "torch.device | str") -> "LayerStyle":
@@ -46,6 +48,7 @@ class LayerStyle:
             tuple(t.to(device) for t in self.stat),
             self.norm.to(device),
             None if self.cov_sqrt is None else self.cov_sqrt.to(device),
+            None if self.cov_trace is None else self.cov_trace.to(device),
         )
 
 
@@ -58,9 +61,8 @@ def style_loss(features: torch.Tensor, target: LayerStyle) -> torch.Tensor:
     t_mean = target.stat[0]
     cov = st.covariance(mean, second)
     c = cov.shape[-1]
-    t_cov_trace = st.covariance(*target.stat).diagonal(dim1=-2, dim2=-1).sum(-1)
     cross = target.cov_sqrt @ cov @ target.cov_sqrt
-    w2_cov = cov.diagonal(dim1=-2, dim2=-1).sum(-1) + t_cov_trace - 2 * st.trace_sqrtm(cross)
+    w2_cov = cov.diagonal(dim1=-2, dim2=-1).sum(-1) + target.cov_trace - 2 * st.trace_sqrtm(cross)
     w2 = (mean - t_mean).pow(2).mean(-1) + w2_cov / c
     return w2.mean() / target.norm
 
