@@ -4,7 +4,7 @@
 
 Sections (each also printed): per-iteration time against a bare forward+backward at 512², 1024² and
 2048²; achieved TFLOP/s of the network in the loop; end-to-end time of the quality preset at 512 and
-1024; peak memory per output pixel at 2048²; fast-path switches (channels_last, bf16) on and off;
+1024; peak memory per output pixel at 2048²; fast-path switches (channels_last, bf16, checkpoint, compile, exact W2) on and off;
 30 consecutive runs without growth of allocated memory; determinism of two same-seed runs; and the
 side-by-side comparison of ``bench.compare`` at 512. Meant to finish within 10 minutes on an H100.
 """
@@ -26,7 +26,7 @@ from nst_core import get_preset, load_extractor, transfer
 from nst_core.memory import estimate_bytes
 
 from .common import ROOT, bench_images, describe_device, print_table
-from .iteration import compare_iteration
+from .iteration import switch_rows
 
 MAC_PER_PIXEL_RELU5_1 = 361e3  # VGG19 up to relu5_1 (see the style-transfer reference, cost model)
 
@@ -48,13 +48,10 @@ def run_suite(quick: bool) -> str:
     for size in sizes:
         c, s = bench_images(size, square=True)
         c, s = c.to(dev), s.to(dev)
-        for label, extra in (("fp32", {}), ("channels_last", {"channels_last": True}),
-                             ("bf16 autocast", {"autocast_bf16": True})):
-            bare, it = compare_iteration(ext, c, s, "quality", 29, 10, **extra)
-            flop = 4 * MAC_PER_PIXEL_RELU5_1 * size * size
-            rows.append({"size": f"{size}²", "variant": label, "bare ms": f"{bare * 1e3:.2f}",
-                         "iter ms": f"{it * 1e3:.2f}", "ratio": f"{it / bare:.2f}",
-                         "network TFLOP/s": f"{flop / it / 1e12:.1f}"})
+        for row in switch_rows(ext, c, s, size, 10):
+            it = float(row["iter ms"]) / 1e3
+            row["network TFLOP/s"] = f"{4 * MAC_PER_PIXEL_RELU5_1 * size * size / it / 1e12:.1f}"
+            rows.append(row)
     with contextlib.redirect_stdout(report):
         print_table(rows)
 

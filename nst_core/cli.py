@@ -47,6 +47,11 @@ def _common(p: argparse.ArgumentParser, default_init: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (noise init)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     p.add_argument("--save-every", type=_positive_int, metavar="N", help="also save the image every N steps")
+    p.add_argument("--checkpoint", action="store_true",
+                   help="activation checkpointing per VGG block: less memory for large images, slower")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (slow start, for long runs)")
+    p.add_argument("--bf16", action="store_true",
+                   help="run the network in bfloat16 (CUDA, or a CPU with native bf16 such as AMX); losses stay fp32")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -143,7 +148,8 @@ def run(args: argparse.Namespace) -> None:
     ext = load_extractor(args.arch, args.weights, args.pooling, device=device)
     rep = _Reporter(args.quiet, args.save_every, args.output)
     settings = dict(steps=args.steps, optimizer=args.optimizer, tv_weight=args.tv_weight, seed=args.seed,
-                    preview_every=args.save_every or 0)
+                    preview_every=args.save_every or 0, checkpoint=args.checkpoint or None,
+                    compile=args.compile or None, autocast_bf16=args.bf16 or None)
     callbacks = dict(progress=rep.progress, preview=rep.preview if args.save_every else None)
     init = _init_arg(args.init, args.size)
     try:

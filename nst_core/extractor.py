@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from .layers import BLOCK_CHANNELS, layer_index, layer_names, min_input_edge
@@ -109,24 +110,63 @@ class Extractor(nn.Module):
         """Smallest image edge the given layers can take."""
         return min_input_edge(self.arch, layers)
 
-    def forward(self, image: torch.Tensor, layers: Sequence[str]) -> Dict[str, torch.Tensor]:
-        """Capture the activations of ``layers`` for ``image`` (RGB 0..1, ``[B,3,H,W]``)."""
+    def forward(self, image: torch.Tensor, layers: Sequence[str], checkpoint: bool = False,
+                compile: bool = False) -> Dict[str, torch.Tensor]:
+        """Capture the activations of ``layers`` for ``image`` (RGB 0..1, ``[B,3,H,W]``).
+
+        The network runs in pieces that end at the captured layers; a forward hook on each such piece
+        snapshots its output. ``checkpoint`` also cuts at every pooling layer and recomputes each piece
+        in the backward pass instead of keeping its inner activations (less memory, one more forward).
+        ``compile`` runs each piece through ``torch.compile`` (compiled once per piece and input shape).
+        """
         if not layers:
             return {}
-        indices = {name: layer_index(self.arch, name) for name in layers}
+        indices = {layer_index(self.arch, name): name for name in layers}
         store: Dict[str, torch.Tensor] = {}
-        handles = []
-        for name, idx in indices.items():
-            module = self.features[idx]
-            handles.append(module.register_forward_hook(_capture(store, name, isinstance(module, nn.Conv2d))))
-        try:
-            x = self.preprocess(image)
-            for module in self.features[: max(indices.values()) + 1]:
-                x = module(x)
-        finally:
-            for h in handles:
-                h.remove()
+        x = self.preprocess(image)
+        for start, end in self._cuts(sorted(indices), checkpoint, compile):
+            piece = self._piece(start, end, compile, checkpoint)
+            handle = None
+            if end in indices:
+                handle = piece.register_forward_hook(
+                    _capture(store, indices[end], isinstance(self.features[end], nn.Conv2d)))
+            try:
+                if checkpoint and torch.is_grad_enabled():
+                    x = torch.utils.checkpoint.checkpoint(piece, x, use_reentrant=False)
+                else:
+                    x = piece(x)
+            finally:
+                if handle is not None:
+                    handle.remove()
         return store
+
+    def _cuts(self, captured: List[int], checkpoint: bool, compile: bool) -> List[Tuple[int, int]]:
+        """(start, end) module ranges, inclusive, up to the deepest captured layer."""
+        ends = set(captured)
+        if checkpoint:
+            ends |= {i for i, n in enumerate(self.names[: captured[-1]]) if n.startswith("pool")}
+        if compile and self.padding == "replicate":
+            ends.add(0)  # conv1_1 stays eager: inductor fails on replicate padding's backward
+        bounds, start = [], 0
+        for end in sorted(ends):
+            bounds.append((start, end))
+            start = end + 1
+        return bounds
+
+    def _piece(self, start: int, end: int, compile: bool, checkpoint: bool) -> nn.Module:
+        """Modules ``start..end``; cached when compiled or checkpointed (built once per range)."""
+        if not (compile or checkpoint):
+            return self.features[start : end + 1]
+        cache = self.__dict__.setdefault("_pieces", {})  # a plain dict: kept out of state_dict
+        key = (start, end, compile, checkpoint)
+        if key not in cache:
+            mods = list(self.features[start : end + 1])
+            if checkpoint and isinstance(mods[0], nn.ReLU):
+                mods[0] = nn.ReLU()  # a recomputed piece must not overwrite its saved input
+            piece: nn.Module = nn.Sequential(*mods)
+            eager = start == 0 and self.padding == "replicate"
+            cache[key] = torch.compile(piece, dynamic=False) if compile and not eager else piece
+        return cache[key]
 
 
 def _capture(store: Dict[str, torch.Tensor], name: str, clone: bool):

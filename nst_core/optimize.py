@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import traceback
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple, Union
@@ -15,6 +16,7 @@ from .image import as_rgb_batch, fit_long_edge, resize
 from .losses import LayerStyle, content_loss, style_loss, tv_loss
 from .presets import INITS, OPTIMIZERS, Settings
 from .targets import ContentTarget, StyleTarget
+from .transport import W2Style
 
 
 class Cancelled(RuntimeError):
@@ -124,7 +126,7 @@ def validate_settings(settings: Settings) -> None:
     """Check the settings alone (no network): what optimize() would refuse."""
     if settings.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer {settings.optimizer!r} is not supported; choose one of {list(OPTIMIZERS)}")
-    for name in ("steps", "min_size", "lbfgs_max_iter", "lbfgs_history", "loss_every"):
+    for name in ("steps", "min_size", "lbfgs_max_iter", "lbfgs_history", "loss_every", "transport_every"):
         if int(getattr(settings, name)) < 1:
             raise ValueError(f"{name} must be at least 1; got {getattr(settings, name)}")
     if settings.first_steps is not None and settings.first_steps < 1:
@@ -135,6 +137,12 @@ def validate_settings(settings: Settings) -> None:
             raise ValueError(f"{name} must be a finite number ≥ 0; got {v}")
     if not (0 <= settings.ema_decay < 1):
         raise ValueError(f"ema_decay must be in [0, 1); got {settings.ema_decay}")
+
+
+def check_compile(settings: Settings, device: torch.device) -> None:
+    """``compile`` on the CPU needs a C++ compiler; say so before any work rather than deep in inductor."""
+    if settings.compile and device.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        raise ValueError("compile=True needs a C++ compiler (g++ or clang++) on the CPU; install one or turn compile off")
 
 
 def output_size(content: Optional[ContentTarget], init: Init, size: Optional[int]) -> Tuple[int, int]:
@@ -188,12 +196,23 @@ class _Objective:
         if content is not None and content.layer not in layers:
             layers.append(content.layer)
         self.layers = layers
+        # moments: one W2Style per layer keeps its transport between refresh steps
+        self.w2 = ({n: W2Style(t) for n, t in style_targets.items()}
+                   if style is not None and style.statistic == "moments" else {})
 
-    def __call__(self, image: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def _style_loss(self, name: str, feats: torch.Tensor, exact: bool) -> torch.Tensor:
+        if name in self.w2:
+            return self.w2[name](feats, refresh=exact)
+        return style_loss(feats, self.style_targets[name])
+
+    def __call__(self, image: torch.Tensor, exact: bool = True) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Total loss and its parts. With ``exact=False`` the W2 style loss reuses its last transport:
+        its gradient is approximate and its value is 0 (read the losses only from exact calls)."""
         s = self.settings
-        x = image.contiguous(memory_format=torch.channels_last) if s.channels_last else image
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=s.autocast_bf16):
-            feats = self.extractor(x, self.layers)
+        nhwc = s.channels_last and image.device.type in ("cpu", "cuda")
+        x = image.contiguous(memory_format=torch.channels_last) if nhwc else image
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bool(s.autocast_bf16)):
+            feats = self.extractor(x, self.layers, checkpoint=s.checkpoint, compile=s.compile)
         parts: Dict[str, torch.Tensor] = {}
         total = image.new_zeros(())
         if self.content is not None:
@@ -201,7 +220,7 @@ class _Objective:
             parts["content"] = c
             total = total + s.content_weight * self.content.weight * c
         if self.style is not None:
-            sl = sum(w * style_loss(feats[n].float(), self.style_targets[n])
+            sl = sum(w * self._style_loss(n, feats[n].float(), exact)
                      for n, w in zip(self.style.layers, self.style.layer_weights))
             parts["style"] = sl
             total = total + s.style_weight * self.style.weight * sl
@@ -248,6 +267,7 @@ def optimize(
         init.shape[0] if isinstance(init, torch.Tensor) and init.dim() == 4 else 1)
     sizes = pyramid_sizes(final_hw, settings.min_size, min_edge)
     plan = steps_per_scale(settings, len(sizes))
+    check_compile(settings, extractor.device)
     run = _Run(extractor, settings, content, style, progress, preview, cancel, sum(plan))
     if extractor.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = settings.tf32
@@ -286,14 +306,16 @@ class _Run:
         if self.extractor.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def _reads_losses(self, step: int) -> bool:
+        return self.progress is not None and (step % self.settings.loss_every == 0 or step == self.total)
+
     def _tick(self, scale: int, scales: int, hw, parts: Dict[str, torch.Tensor], image_fn) -> None:
         self.step += 1
         s = self.settings
         if self.cancel is not None and self.cancel():
             raise Cancelled(f"cancelled at step {self.step} of {self.total}")
         if self.progress is not None:
-            read = self.step % s.loss_every == 0 or self.step == self.total
-            losses = {k: float(v.detach()) for k, v in parts.items()} if read else None
+            losses = {k: float(v.detach()) for k, v in parts.items()} if self._reads_losses(self.step) else None
             if losses is not None and not math.isfinite(losses["total"]):
                 raise NonFiniteLoss(
                     f"the loss became {losses['total']} at step {self.step}; lower the learning rate or the weights"
@@ -326,9 +348,10 @@ class _Run:
                 "exp_avg_sq": _resize_state(exp_avg_sq, hw, "bilinear").clamp_min(0),
             }
         ema = AveragedIterate(x, s.ema_decay)
-        for _ in range(steps):
+        for k in range(steps):
             opt.zero_grad(set_to_none=True)
-            loss, parts = self.objective(x)
+            exact = k % s.transport_every == 0 or self._reads_losses(self.step + 1)
+            loss, parts = self.objective(x, exact)
             loss.backward()
             opt.step()
             with torch.no_grad():

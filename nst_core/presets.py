@@ -29,11 +29,14 @@ class Settings:
     init: str = "content"
     seed: int = 0
     loss_every: int = 10  # read the losses back (a device sync) every N steps
+    transport_every: int = 1  # Adam + moments: recompute each layer's W2 transport every N steps (1: exact)
     preview_every: int = 0  # call the preview callback every N steps (0: never)
     max_size: int = 4096  # refuse outputs whose long edge is larger (memory and time grow with its square)
     tf32: bool = True  # CUDA: TF32 matmuls and convolutions for the network
-    channels_last: bool = False
-    autocast_bf16: bool = False  # run the network in bf16 (CUDA); losses stay fp32
+    channels_last: bool = True  # NHWC network on CPU and CUDA (measured faster on the CPU; see BENCHMARKS.md)
+    autocast_bf16: bool = False  # run the network in bf16 (CUDA, CPUs with native bf16); losses stay fp32
+    checkpoint: bool = False  # recompute each VGG block in the backward pass: less memory, ~1 more forward
+    compile: bool = False  # torch.compile the network pieces (compiled once per size; pays off on long runs)
 
     def replace(self, **changes: Any) -> "Settings":
         """A copy with ``changes`` applied; ``None`` values are ignored (handy for CLI flags).
@@ -72,23 +75,26 @@ PRESETS: Dict[str, Preset] = {
         content_layer="conv5_1",
         statistic="gram_normalized",
         settings=Settings(optimizer="lbfgs", steps=200, min_size=1 << 30, content_weight=1.0,
-                          style_weight=1e3, lbfgs_max_iter=20, lbfgs_history=100),
+                          style_weight=1e3, lbfgs_max_iter=20, lbfgs_history=100,
+                          channels_last=False),  # its normalised Gram copies NHWC features: slower
     ),
     "fast": Preset(
         name="fast",
-        description="A quick look: mean/covariance (W2) style loss, Adam with an averaged iterate, "
-        "a shorter pyramid from 180 px, few iterations.",
+        description="A quick look at what quality gives: the same losses, a shorter pyramid from 180 px "
+        "and fewer iterations.",
         style_layer_weights=(4.0, 2.0, 1.0, 1.0, 1.0),
-        settings=Settings(optimizer="adam", steps=40, first_steps=60, min_size=180, lr=0.06,
-                          ema_decay=0.85, content_weight=0.2, style_weight=1.0, tv_weight=2.0),
+        settings=Settings(optimizer="adam", steps=30, first_steps=60, min_size=180, lr=0.06,
+                          ema_decay=0.85, content_weight=0.2, style_weight=25.0, tv_weight=2.0,
+                          transport_every=10),
     ),
     "quality": Preset(
         name="quality",
         description="The default: mean/covariance (W2) style loss, relu4_2 content, Adam with an averaged "
-        "iterate over a √2 pyramid from 128 px, content init.",
+        "iterate over a √2 pyramid from 128 px, content init; strong style, legible content.",
         style_layer_weights=(4.0, 2.0, 1.0, 1.0, 1.0),
-        settings=Settings(optimizer="adam", steps=60, first_steps=100, min_size=128, lr=0.05,
-                          ema_decay=0.9, content_weight=0.2, style_weight=1.0, tv_weight=2.0),
+        settings=Settings(optimizer="adam", steps=40, first_steps=70, min_size=128, lr=0.05,
+                          ema_decay=0.9, content_weight=0.2, style_weight=25.0, tv_weight=2.0,
+                          transport_every=10),
     ),
 }
 

@@ -115,27 +115,3 @@ def sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
     """Principal square root of a symmetric positive semi-definite matrix (no gradient needed)."""
     vals, vecs = eigh(matrix)
     return (vecs * vals.clamp_min(0).sqrt().unsqueeze(-2)) @ vecs.transpose(-1, -2)
-
-
-class _TraceSqrtm(torch.autograd.Function):
-    """tr(√M) for symmetric PSD M, with the exact gradient ½·M^(−½) (a spectral function, so stable)."""
-
-    @staticmethod
-    def forward(ctx, m: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        vals, vecs = eigh(m)
-        vals = vals.clamp_min(1e-12 * vals.abs().amax(-1, keepdim=True).clamp_min(1e-30))
-        ctx.save_for_backward(vals, vecs)
-        return vals.sqrt().sum(-1)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        vals, vecs = ctx.saved_tensors
-        inv_sqrt = 0.5 / vals.sqrt()
-        g = (vecs * inv_sqrt.unsqueeze(-2)) @ vecs.transpose(-1, -2)
-        return g * grad[..., None, None]
-
-
-def trace_sqrtm(matrix: torch.Tensor) -> torch.Tensor:
-    """tr(√M) over the last two dims, differentiable; M is symmetrised first."""
-    m = 0.5 * (matrix + matrix.transpose(-1, -2))
-    return _TraceSqrtm.apply(m)

@@ -38,7 +38,7 @@ def _check_size(extractor: Extractor, image: torch.Tensor, layers: Sequence[str]
         )
 
 
-REFERENCE_EDGE = 1024  # style statistics stored at construction use at most this long edge
+REFERENCE_EDGE = 512  # the statistics a target stores at construction use at most this long edge
 
 
 class _Memo:

@@ -52,6 +52,25 @@ def test_transfer_reconstruct_texture_write_images(images, tmp_path, capsys):
     assert (tmp_path / "x_00001.png").exists()
 
 
+def test_checkpoint_flag_reaches_the_extractor(images, tmp_path, monkeypatch):
+    from nst_core.extractor import Extractor
+
+    seen = []
+    real = Extractor.forward
+
+    def spy(self, image, layers, checkpoint=False, compile=False):
+        seen.append((checkpoint, compile))
+        return real(self, image, layers, checkpoint, compile)
+
+    monkeypatch.setattr(Extractor, "forward", spy)
+    content, style = images
+    assert _run("transfer", content, style, "-o", tmp_path / "c.png", "--size", 48, "--steps", 2,
+                "--weights", "random", "--quiet", "--preset", "fast", "--checkpoint") == 0
+    assert (True, False) in seen
+    flags = build_parser().parse_args(["texture", "s.jpg", "-o", "o.png", "--compile", "--bf16"])
+    assert flags.compile is True and flags.bf16 is True
+
+
 @pytest.mark.parametrize("args, message", [
     (["transfer", "missing.jpg", "{style}", "-o", "{out}"], "image not found"),
     (["transfer", "{content}", "{style}", "-o", "{out}", "--content-layer", "relu4_3x"], "Did you mean"),

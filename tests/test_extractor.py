@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -185,3 +187,58 @@ def test_load_extractor_inside_inference_mode_gives_normal_parameters():
     x = torch.rand(1, 3, 8, 8, requires_grad=True)
     ext(x, ["relu2_1"])["relu2_1"].sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+LAYERS = ["conv1_1", "relu1_1", "relu2_1", "conv3_1", "relu3_1", "relu4_2", "relu5_1"]
+
+
+def features_and_input_grad(ext, image, **kwargs):
+    x = image.clone().requires_grad_(True)
+    feats = ext(x, LAYERS, **kwargs)
+    sum((v**2).mean() for v in feats.values()).backward()
+    return {k: v.detach() for k, v in feats.items()}, x.grad
+
+
+def test_activation_checkpointing_gives_the_same_features_and_gradient(rand_ext, images):
+    image = images.noise(64, 64)
+    plain, g_plain = features_and_input_grad(rand_ext, image)
+    ckpt, g_ckpt = features_and_input_grad(rand_ext, image, checkpoint=True)
+    assert all(torch.equal(plain[k], ckpt[k]) for k in LAYERS)
+    assert torch.allclose(g_plain, g_ckpt, rtol=1e-5, atol=1e-7) and g_plain.abs().sum() > 0
+    assert all_hooks(rand_ext) == 0
+    assert all(not p._forward_hooks for p in rand_ext.__dict__.get("_pieces", {}).values())
+
+
+def test_activation_checkpointing_frees_the_inner_activations(rand_ext, images):
+    """Fewer tensors are saved for the backward pass (counted with saved-tensor hooks)."""
+    def saved_floats(**kwargs):
+        total = []
+
+        def pack(t):
+            total.append(t.numel())
+            return t
+
+        x = images.noise(64, 64).requires_grad_(True)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            feats = rand_ext(x, ["relu1_1", "relu3_1", "relu5_1"], **kwargs)
+        return sum(total), feats
+
+    plain, _ = saved_floats()
+    ckpt, _ = saved_floats(checkpoint=True)
+    assert ckpt < 0.5 * plain
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")),
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_pieces_match_eager(rand_ext, images):
+    image = images.noise(32, 32)
+    layers = ["relu1_1", "relu2_1"]
+    x = image.clone().requires_grad_(True)
+    eager = rand_ext(x, layers)
+    (g_eager,) = torch.autograd.grad(sum(v.sum() for v in eager.values()), x)
+    x = image.clone().requires_grad_(True)
+    compiled = rand_ext(x, layers, compile=True)
+    (g_comp,) = torch.autograd.grad(sum(v.sum() for v in compiled.values()), x)
+    for k in layers:
+        assert torch.allclose(compiled[k], eager[k], rtol=1e-4, atol=1e-4)
+    assert torch.allclose(g_comp, g_eager, rtol=1e-3, atol=1e-3 * g_eager.abs().max())

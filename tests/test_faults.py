@@ -57,13 +57,13 @@ class Spy:
         self._orig = ext.forward
 
     def __enter__(self) -> "Spy":
-        def forward(image, layers):
+        def forward(image, layers, **kwargs):
             self.calls += 1
             if image.requires_grad:
                 self.refs.append(weakref.ref(image))
             if self.fail is not None:
                 self.fail(image)
-            return self._orig(image, layers)
+            return self._orig(image, layers, **kwargs)
 
         self.ext.forward = forward
         return self

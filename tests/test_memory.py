@@ -20,3 +20,14 @@ def test_estimate_grows_with_pixels_and_lbfgs_history_is_bounded():
     lb = p.settings.replace(optimizer="lbfgs", lbfgs_history=100, lbfgs_memory_mb=256)
     # history bounded by 256 MiB: the estimate stays within activations + 256 MiB + small change
     assert estimate_bytes((2048, 2048), layers, lb) - estimate_bytes((2048, 2048), layers, p.settings) < 300 * 2**20
+
+
+def test_checkpointing_lowers_the_estimate_and_the_w2_goals_are_counted():
+    p = get_preset("quality")
+    layers = list(p.style_layers) + [p.content_layer]
+    plain = estimate_bytes((1024, 1024), layers, p.settings)
+    ckpt = estimate_bytes((1024, 1024), layers, p.settings.replace(checkpoint=True))
+    assert ckpt < 0.75 * plain
+    gram = estimate_bytes((1024, 1024), layers, p.settings, statistic="gram")
+    # moments keeps one transported copy of each style layer: relu1_1 alone is 64·1024² floats
+    assert plain - gram > 4 * 64 * 1024 * 1024

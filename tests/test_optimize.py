@@ -383,3 +383,56 @@ def test_lbfgs_makes_one_update_per_function_evaluation(rand_ext, content, monke
              progress=seen.append)
     assert len(seen) == 6  # function evaluations, as documented
     assert CountingLBFGS.updates == 6
+
+
+def test_compile_without_a_cpp_compiler_is_a_clear_error(rand_ext, images, monkeypatch):
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("nst_core.optimize").shutil, "which", lambda name: None)
+    c = ContentTarget.create(rand_ext, images.gradient(32, 32), "relu1_1")
+    with pytest.raises(ValueError, match="C\\+\\+ compiler"):
+        optimize(rand_ext, c, None, "content", Settings(steps=1, compile=True))
+
+
+def test_w2_transport_is_refreshed_every_n_steps_and_whenever_losses_are_read(rand_ext, images, content,
+                                                                              monkeypatch):
+    import importlib
+
+    transport = importlib.import_module("nst_core.transport")
+    moments = StyleTarget.create(rand_ext, images.checkerboard(32, 32), LAYERS, statistic="moments")
+    calls = []
+    real = transport.transported_features
+    monkeypatch.setattr(transport, "transported_features", lambda f, t: calls.append(1) or real(f, t))
+    optimize(rand_ext, content, moments, "content", quick(steps=6, transport_every=3))
+    assert len(calls) == 2 * len(LAYERS)  # steps 0 and 3
+    calls.clear()
+    seen = []
+    optimize(rand_ext, content, moments, "content", quick(steps=6, transport_every=3, loss_every=2),
+             progress=lambda p: seen.append(p.losses))
+    assert len(calls) == 4 * len(LAYERS)  # steps 0 and 3, and the read steps 2, 4, 6 (k = 1, 3, 5)
+    read = [s for s in seen if s is not None]
+    assert len(read) == 3 and all(s["style"] > 0 for s in read)
+
+
+def test_lagged_transport_reaches_the_exact_runs_loss(rand_ext, images):
+    """Texture from noise: refreshing every 3 steps ends close to refreshing every step."""
+    moments = StyleTarget.create(rand_ext, images.checkerboard(32, 32), LAYERS, statistic="moments")
+    s = Settings(optimizer="adam", steps=40, min_size=ONE_SCALE, lr=0.05, ema_decay=0.5)
+
+    def style_loss_of(image):
+        with torch.no_grad():
+            feats = rand_ext(image, LAYERS)
+            return float(sum(style_loss(feats[n], moments.targets[n]) for n in LAYERS))
+
+    start = style_loss_of(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    exact = style_loss_of(optimize(rand_ext, None, moments, "noise", s, size=32))
+    lagged = style_loss_of(optimize(rand_ext, None, moments, "noise", s.replace(transport_every=3), size=32))
+    assert exact < 0.3 * start
+    assert lagged < 1.25 * exact  # (lag slows a texture from noise a little)
+
+
+def test_channels_last_is_the_default_and_gives_the_same_image(rand_ext, content, style):
+    assert Settings().channels_last is True
+    nhwc = optimize(rand_ext, content, style, "content", quick(steps=3))
+    nchw = optimize(rand_ext, content, style, "content", quick(steps=3, channels_last=False))
+    assert torch.allclose(nhwc, nchw, atol=1e-3)

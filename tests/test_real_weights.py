@@ -57,7 +57,7 @@ def check_transfer(ext, content: torch.Tensor, style: torch.Tensor, max_ratio: f
 
     kept = content_distance(ext, out, content)
     style_far = content_distance(ext, style, content)
-    assert kept < 0.5 * style_far, (kept, style_far)
+    assert kept < 0.75 * style_far, (kept, style_far)
     # the output really changed: it is not the content image
     assert (out - content).abs().mean() > 0.01
 

@@ -1,4 +1,4 @@
-"""nst_core.statistics: Gram, normalised Gram, moments, blending and the matrix square-root trace."""
+"""nst_core.statistics: Gram, normalised Gram, moments, blending, covariance and the PSD square root."""
 
 from __future__ import annotations
 
@@ -114,36 +114,13 @@ def test_sqrtm_psd():
     assert torch.allclose(r, r.T)
 
 
-def test_trace_sqrtm_value():
+def test_eigh_matches_torch_and_restores_the_thread_count():
     m = spd(6, seed=1)
-    want = torch.linalg.eigvalsh(m).sqrt().sum()
-    assert torch.allclose(st.trace_sqrtm(m), want, rtol=1e-10)
-    batch = torch.stack([spd(4, seed=s) for s in range(3)])
-    want = torch.linalg.eigvalsh(batch).sqrt().sum(-1)
-    assert torch.allclose(st.trace_sqrtm(batch), want, rtol=1e-10)
-    # float32 too
-    assert torch.allclose(st.trace_sqrtm(m.float()), torch.linalg.eigvalsh(m).sqrt().sum().float(), rtol=1e-4)
-
-
-def test_trace_sqrtm_symmetrises_its_input():
-    m = spd(4, seed=2)
-    skew = torch.randn(4, 4, dtype=torch.float64)
-    skew = skew - skew.T
-    assert torch.allclose(st.trace_sqrtm(m + skew), st.trace_sqrtm(m))
-
-
-def test_trace_sqrtm_gradcheck():
-    m = spd(4, seed=5).requires_grad_(True)
-    assert torch.autograd.gradcheck(st.trace_sqrtm, (m,), eps=1e-6, atol=1e-5)
-    batch = torch.stack([spd(3, seed=s) for s in range(2)]).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: st.trace_sqrtm(x).sum(), (batch,), eps=1e-6, atol=1e-5)
-
-
-def test_trace_sqrtm_gradient_is_half_inverse_sqrt():
-    m = spd(5, seed=7).requires_grad_(True)
-    st.trace_sqrtm(m).backward()
-    want = 0.5 * torch.linalg.inv(st.sqrtm_psd(m.detach()))
-    assert torch.allclose(m.grad, want, atol=1e-8)
+    before = torch.get_num_threads()
+    vals, vecs = st.eigh(m)
+    assert torch.get_num_threads() == before
+    assert torch.allclose(vals, torch.linalg.eigvalsh(m))
+    assert torch.allclose((vecs * vals) @ vecs.T, m, atol=1e-10)
 
 
 def test_outer_matches_autograd_of_the_plain_product():
