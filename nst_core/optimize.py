@@ -58,6 +58,15 @@ def pyramid_sizes(final_hw: Tuple[int, int], min_size: int, min_edge: int = 1) -
     return [fit_long_edge(final_hw, e) if e != long_edge else tuple(final_hw) for e in reversed(edges)]
 
 
+def smallest_scale(settings: Settings, final_hw: Tuple[int, int]) -> int:
+    """Long edge of the pyramid's smallest scale: ``min_size`` or ``pyramid_start`` × the output's, the larger.
+
+    Starting at a fixed fraction keeps large outputs from being laid out at a scale too coarse for
+    the content layer to hold the picture together.
+    """
+    return max(settings.min_size, round(settings.pyramid_start * max(final_hw)))
+
+
 def steps_per_scale(settings: Settings, scales: int) -> List[int]:
     """Iterations at each scale: ``first_steps`` at the smallest, ``steps`` at the others."""
     first = settings.first_steps if settings.first_steps is not None else settings.steps
@@ -135,6 +144,8 @@ def validate_settings(settings: Settings) -> None:
         v = float(getattr(settings, name))
         if not (v >= 0) or math.isinf(v):
             raise ValueError(f"{name} must be a finite number ≥ 0; got {v}")
+    if not (0 <= settings.pyramid_start <= 1):
+        raise ValueError(f"pyramid_start must be in [0, 1] (a fraction of the output size); got {settings.pyramid_start}")
     if not (0 <= settings.ema_decay < 1):
         raise ValueError(f"ema_decay must be in [0, 1); got {settings.ema_decay}")
 
@@ -265,7 +276,7 @@ def optimize(
         )
     batch = content.image.shape[0] if content is not None else (
         init.shape[0] if isinstance(init, torch.Tensor) and init.dim() == 4 else 1)
-    sizes = pyramid_sizes(final_hw, settings.min_size, min_edge)
+    sizes = pyramid_sizes(final_hw, smallest_scale(settings, final_hw), min_edge)
     plan = steps_per_scale(settings, len(sizes))
     check_compile(settings, extractor.device)
     run = _Run(extractor, settings, content, style, progress, preview, cancel, sum(plan))

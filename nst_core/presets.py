@@ -18,6 +18,7 @@ class Settings:
     steps: int = 200  # iterations at each pyramid scale after the first (L-BFGS: function evaluations)
     first_steps: Optional[int] = None  # iterations at the smallest scale (default: ``steps``)
     min_size: int = 128  # smallest pyramid long edge; ≥ the output size means a single scale
+    pyramid_start: float = 0.0  # smallest scale as a fraction of the output's long edge (the larger wins)
     lr: float = 0.02  # Adam learning rate (image values are in 0..1)
     ema_decay: float = 0.99  # Adam: the output is the bias-corrected running average of the iterates
     content_weight: float = 1.0
@@ -80,19 +81,20 @@ PRESETS: Dict[str, Preset] = {
     ),
     "fast": Preset(
         name="fast",
-        description="A quick look at what quality gives: the same losses, a shorter pyramid from 180 px "
-        "and fewer iterations.",
+        description="A quick look at what quality gives: the same losses, a shorter pyramid (from 0.7× "
+        "the output size, at least 180 px) and fewer iterations.",
         style_layer_weights=(4.0, 2.0, 1.0, 1.0, 1.0),
-        settings=Settings(optimizer="adam", steps=30, first_steps=60, min_size=180, lr=0.06,
+        settings=Settings(optimizer="adam", steps=30, first_steps=60, min_size=180, pyramid_start=0.7, lr=0.06,
                           ema_decay=0.85, content_weight=0.2, style_weight=25.0, tv_weight=2.0,
                           transport_every=10),
     ),
     "quality": Preset(
         name="quality",
         description="The default: mean/covariance (W2) style loss, relu4_2 content, Adam with an averaged "
-        "iterate over a √2 pyramid from 128 px, content init; strong style, legible content.",
+        "iterate over a √2 pyramid from half the output size (at least 128 px), content init; strong "
+        "style, legible content.",
         style_layer_weights=(4.0, 2.0, 1.0, 1.0, 1.0),
-        settings=Settings(optimizer="adam", steps=40, first_steps=70, min_size=128, lr=0.05,
+        settings=Settings(optimizer="adam", steps=40, first_steps=70, min_size=128, pyramid_start=0.5, lr=0.05,
                           ema_decay=0.9, content_weight=0.2, style_weight=25.0, tv_weight=2.0,
                           transport_every=10),
     ),

@@ -436,3 +436,16 @@ def test_channels_last_is_the_default_and_gives_the_same_image(rand_ext, content
     nhwc = optimize(rand_ext, content, style, "content", quick(steps=3))
     nchw = optimize(rand_ext, content, style, "content", quick(steps=3, channels_last=False))
     assert torch.allclose(nhwc, nchw, atol=1e-3)
+
+
+def test_the_pyramid_starts_at_a_fraction_of_the_output_size():
+    from nst_core.optimize import smallest_scale
+
+    s = Settings(min_size=128, pyramid_start=0.5)
+    assert smallest_scale(s, (384, 512)) == 256 and smallest_scale(s, (192, 256)) == 128
+    assert [max(hw) for hw in pyramid_sizes((384, 512), smallest_scale(s, (384, 512)))] == [256, 362, 512]
+    assert smallest_scale(Settings(min_size=128), (384, 512)) == 128  # 0: min_size alone
+    from nst_core.optimize import validate_settings
+
+    with pytest.raises(ValueError, match="pyramid_start"):
+        validate_settings(Settings(pyramid_start=1.5))
