@@ -78,8 +78,6 @@ def interleaved_round(ext, content: torch.Tensor, style: torch.Tensor, preset: s
 
     settings = p.settings.replace(steps=warmup + iters, first_steps=None, min_size=1 << 30,
                                   lbfgs_max_iter=warmup + iters, loss_every=1 << 30, **overrides)
-    if warmup == 0 and warm is not None:
-        warm.append(0.0)
     for _ in range(2):  # the bare pass's own warm-up
         bare_pass(ext, x, deepest)
     start[0] = began[0] = time.perf_counter()

@@ -26,9 +26,9 @@ from .losses import LayerStyle
 def transported_features(f: torch.Tensor, target: LayerStyle) -> Tuple[torch.Tensor, torch.Tensor]:
     """(W2² per batch item divided by C, Y = μₛ + T·(F − μ)) for flat features ``[B,C,N]``; no graph."""
     with torch.no_grad():
-        c, n = f.shape[1], f.shape[2]
-        mean = f.mean(dim=2)
-        cov = st.covariance(mean, (f @ f.transpose(1, 2)) / n)
+        c = f.shape[1]
+        mean, second = st.moments(f.unsqueeze(-1))  # [B,C,N,1]: moments over the N positions
+        cov = st.covariance(mean, second)
         a = target.cov_sqrt
         m = a @ cov @ a
         vals, vecs = st.eigh(0.5 * (m + m.transpose(-1, -2)))
@@ -74,11 +74,12 @@ class W2Style:
 
     def __call__(self, features: torch.Tensor, refresh: bool = True) -> torch.Tensor:
         """The loss of ``features`` ``[B,C,H,W]``."""
-        b, c = features.shape[:2]
-        f = features.reshape(b, c, -1)
         value = None
-        if refresh or self.goal is None or self.goal.shape != f.shape:
-            w2, self.goal = transported_features(f, self.target)
+        if refresh or self.goal is None or self.goal.shape != features.shape:
+            b, c = features.shape[:2]
+            w2, goal = transported_features(features.reshape(b, c, -1), self.target)
+            # the goal takes the features' layout (NHWC or not): the pull is then a plain subtraction
+            self.goal = torch.empty_like(features).copy_(goal.reshape(features.shape))
             value = w2.mean() / self.target.norm
-        pull = _Pull.apply(f, self.goal, 1.0 / f.numel()) / self.target.norm
+        pull = _Pull.apply(features, self.goal, 1.0 / features.numel()) / self.target.norm
         return pull if value is None else pull + value

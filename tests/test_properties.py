@@ -145,6 +145,12 @@ def check_output(out: torch.Tensor, shape) -> None:
     assert float(out.min()) >= 0 and float(out.max()) <= 1
 
 
+def check_content_sized_output(out: torch.Tensor, content: torch.Tensor, size) -> None:
+    """A valid output with the content's batch and aspect, at long edge ``size`` (or the content's size)."""
+    hw = fit_long_edge(tuple(content.shape[-2:]), size) if size else tuple(content.shape[-2:])
+    check_output(out, (batch_of(content), 3, *hw))
+
+
 def documented_or(fn, d: Optional[Draw] = None):
     """Run ``fn``; a documented error is fine (and must say something), anything else fails the test.
 
@@ -201,8 +207,7 @@ def test_transfer_raises_only_documented_errors_and_returns_valid_images(rand_ex
     kw.update(settings_kwargs(d), **callbacks(d))
     out = documented_or(lambda: transfer(rand_ext, content, styles, size=size, **kw), d)
     if out is not None:
-        hw = fit_long_edge(tuple(content.shape[-2:]), size) if size else tuple(content.shape[-2:])
-        check_output(out, (batch_of(content), 3, *hw))
+        check_content_sized_output(out, content, size)
 
 
 # --------------------------------------------------------------------------- texture
@@ -253,8 +258,7 @@ def test_reconstruct_raises_only_documented_errors_and_returns_valid_images(rand
     out = documented_or(lambda: reconstruct(rand_ext, content, layer=layer, size=size, init=init, **kw,
                                             **callbacks(d)), d)
     if out is not None:
-        hw = fit_long_edge(tuple(content.shape[-2:]), size) if size else tuple(content.shape[-2:])
-        check_output(out, (batch_of(content), 3, *hw))
+        check_content_sized_output(out, content, size)
 
 
 # --------------------------------------------------------------------------- targets + optimize
