@@ -42,6 +42,7 @@ class Progress:
 ProgressFn = Callable[[Progress], None]
 PreviewFn = Callable[[int, torch.Tensor], None]
 CancelFn = Callable[[], bool]
+ExtraLossFn = Callable[[torch.Tensor], torch.Tensor]  # image [B,3,h,w] at the current scale -> weighted scalar loss
 Init = Union[str, torch.Tensor]
 
 
@@ -196,8 +197,10 @@ class _Objective:
 
     def __init__(self, extractor: Extractor, settings: Settings, content: Optional[ContentTarget],
                  content_feats: Optional[torch.Tensor], style: Optional[StyleTarget],
-                 style_targets: Optional[Dict[str, LayerStyle]]) -> None:
+                 style_targets: Optional[Dict[str, LayerStyle]],
+                 extra_loss: Optional[ExtraLossFn] = None) -> None:
         self.extractor = extractor
+        self.extra_loss = extra_loss
         self.settings = settings
         self.content = content
         self.content_feats = content_feats
@@ -239,6 +242,10 @@ class _Objective:
             tv = tv_loss(image)
             parts["tv"] = tv
             total = total + s.tv_weight * tv
+        if self.extra_loss is not None:
+            extra = self.extra_loss(image)
+            parts["extra"] = extra
+            total = total + extra
         parts["total"] = total
         return total, parts
 
@@ -253,12 +260,15 @@ def optimize(
     progress: Optional[ProgressFn] = None,
     preview: Optional[PreviewFn] = None,
     cancel: Optional[CancelFn] = None,
+    extra_loss: Optional[ExtraLossFn] = None,
 ) -> torch.Tensor:
     """Optimise an image to match ``content`` and/or ``style``; returns ``[B,3,H,W]`` in 0..1 on CPU.
 
     ``init`` is ``"content"``, ``"noise"``, ``"gray"`` or an image tensor. ``size`` is the output's
     long edge (default: the content's size). A content batch of B gives B outputs. ``cancel`` is called
     every iteration; if it returns True the run raises :class:`Cancelled` (its own exceptions propagate).
+    ``extra_loss(image)`` adds a term of the caller's (e.g. a temporal loss): it gets the image being
+    optimised at the current pyramid scale, ``[B,3,h,w]``, and returns a weighted scalar.
     """
     settings = settings or Settings()
     _validate(settings, content, style, extractor)
@@ -279,7 +289,7 @@ def optimize(
     sizes = pyramid_sizes(final_hw, smallest_scale(settings, final_hw), min_edge)
     plan = steps_per_scale(settings, len(sizes))
     check_compile(settings, extractor.device)
-    run = _Run(extractor, settings, content, style, progress, preview, cancel, sum(plan))
+    run = _Run(extractor, settings, content, style, progress, preview, cancel, sum(plan), extra_loss)
     if extractor.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = settings.tf32
         torch.backends.cudnn.allow_tf32 = settings.tf32
@@ -302,8 +312,10 @@ def optimize(
 class _Run:
     """State of one optimisation; ``release`` drops every tensor so a failed run frees its memory."""
 
-    def __init__(self, extractor, settings, content, style, progress, preview, cancel, total) -> None:
+    def __init__(self, extractor, settings, content, style, progress, preview, cancel, total,
+                 extra_loss=None) -> None:
         self.extractor, self.settings = extractor, settings
+        self.extra_loss = extra_loss
         self.content, self.style = content, style
         self.progress, self.preview, self.cancel = progress, preview, cancel
         self.total, self.step = total, 0
@@ -341,7 +353,7 @@ class _Run:
         x = resize(x, hw).detach().clone()
         content_feats = self.content.at_size(ext, hw).clone() if self.content is not None else None
         style_targets = self.style.at_size(ext, max(hw)) if self.style is not None else None
-        self.objective = _Objective(ext, s, self.content, content_feats, self.style, style_targets)
+        self.objective = _Objective(ext, s, self.content, content_feats, self.style, style_targets, self.extra_loss)
         x.requires_grad_(True)
         out = self._adam(i, scales, hw, steps, x) if s.optimizer == "adam" else self._lbfgs(i, scales, hw, steps, x)
         if not bool(torch.isfinite(out).all()):  # one sync per scale
