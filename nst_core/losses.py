@@ -6,62 +6,45 @@ same for any layer, image size or set of weights (original Caffe VGG or torchvis
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from . import statistics as st
+from .statistics import LayerStyle
+from .transport import W2Style
 
 
-def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Relative MSE between ``features`` ``[B,C,H,W]`` and ``target`` (same shape or batch 1)."""
-    return (features - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)
+def content_loss(features: torch.Tensor, target: torch.Tensor,
+                 weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Relative MSE between ``features`` ``[B,C,H,W]`` and ``target`` (same shape or batch 1).
+
+    ``weights`` (``[B or 1,1,H,W]``) weigh each position's error (a content-strength mask).
+    """
+    err = (features - target).pow(2)
+    if weights is not None:
+        err = err * weights
+    return err.mean() / target.pow(2).mean().clamp_min(1e-12)
 
 
-@dataclass(frozen=True)
-class LayerStyle:
-    """One layer's style target, prepared for a fast loss (no graph, never mutated)."""
-
-    statistic: str
-    stat: st.Stat  # each tensor has batch dimension 1
-    norm: torch.Tensor  # scalar: target magnitude the loss is divided by
-    cov_sqrt: Optional[torch.Tensor] = None  # moments only: Σₛ^½
-    cov_trace: Optional[torch.Tensor] = None  # moments only: tr(Σₛ)
-
-    @classmethod
-    def prepare(cls, statistic: str, stat: st.Stat) -> "LayerStyle":
-        """Precompute what the loss needs from a (blended) target statistic."""
-        if statistic == "moments":
-            mean, second = stat
-            cov = st.covariance(mean, second)
-            norm = second.diagonal(dim1=-2, dim2=-1).mean()
-            return cls(statistic, stat, norm.clamp_min(1e-12), st.sqrtm_psd(cov),
-                       cov.diagonal(dim1=-2, dim2=-1).sum(-1))
-        return cls(statistic, stat, stat[0].pow(2).mean().clamp_min(1e-12))
-
-    def to(self, device: "torch.device | str") -> "LayerStyle":
-        """A copy on ``device``."""
-        return LayerStyle(
-            self.statistic,
-            tuple(t.to(device) for t in self.stat),
-            self.norm.to(device),
-            None if self.cov_sqrt is None else self.cov_sqrt.to(device),
-            None if self.cov_trace is None else self.cov_trace.to(device),
-        )
-
-
-def style_loss(features: torch.Tensor, target: LayerStyle) -> torch.Tensor:
+def style_loss(features: torch.Tensor, target: LayerStyle, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Relative distance between the statistic of ``features`` and the target's, averaged over the batch.
 
     For ``moments`` it is the Gaussian W2 distance, with its exact gradient (see :mod:`.transport`).
+    ``weights`` (``[B or 1,1,H,W]`` ≥ 0, a region mask on the layer's grid) make the statistic of the
+    features a weighted one: the style is matched by the features under the mask.
     """
     if target.statistic == "moments":
-        from .transport import W2Style  # (transport builds on LayerStyle, defined above)
-
-        return W2Style(target)(features)
-    stat = st.compute(target.statistic, features)
+        return W2Style(target)(features, weights=weights)
+    if weights is not None:
+        # weighted Gram: Σ a·f·fᵀ / Σ a, through the same statistic of √a·f
+        features = features * weights.sqrt()
+        stat = st.compute(target.statistic, features)
+        if target.statistic == "gram":
+            stat = (stat[0] * (weights[0].numel() / weights[0].sum().clamp_min(1e-12)),)
+    else:
+        stat = st.compute(target.statistic, features)
     return (stat[0] - target.stat[0]).pow(2).mean() / target.norm
 
 

@@ -36,8 +36,6 @@ def estimate_bytes(hw: Tuple[int, int], layers: Sequence[str], settings: Setting
     averaged iterate; L-BFGS: its bounded history), the style statistics and, for ``moments``, the
     transported features of each style layer (``style_layers``, default all of ``layers``).
     """
-    from .optimize import lbfgs_history  # late import: optimize imports presets too
-
     deepest = max(layers, key=lambda n: layer_index(arch, n))
     weights = sum(c * c_in * 9 for c_in, c in _conv_pairs(arch, deepest))
     sizes = layer_floats(arch, hw, deepest)
@@ -56,6 +54,12 @@ def estimate_bytes(hw: Tuple[int, int], layers: Sequence[str], settings: Setting
     stats = sum(4 * BLOCK_CHANNELS[int(n[4]) - 1] ** 2 for n in style)
     goals = sum(sizes[n] for n in style) * batch if statistic == "moments" else 0
     return 4 * (weights + acts + opt + stats + goals)
+
+
+def lbfgs_history(numel: int, requested: int, memory_mb: int) -> int:
+    """L-BFGS keeps 2 image-sized fp32 vectors per history entry: bound it by a memory budget."""
+    fits = int(memory_mb * 2**20 // (2 * 4 * max(numel, 1)))
+    return max(3, min(requested, fits))
 
 
 def _conv_pairs(arch: str, deepest: str):

@@ -5,17 +5,20 @@ from __future__ import annotations
 import math
 import shutil
 import traceback
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from .extractor import Extractor
 from .image import as_rgb_batch, fit_long_edge, resize
-from .losses import LayerStyle, content_loss, style_loss, tv_loss
+from .losses import content_loss, style_loss, tv_loss
+from .memory import lbfgs_history
+from .precision import autocast, cpu_has_native_bf16
 from .presets import INITS, OPTIMIZERS, Settings
-from .targets import ContentTarget, StyleTarget
+from .statistics import LayerStyle
+from .targets import ContentTarget, StyleTarget, mask_at
 from .transport import W2Style
 
 
@@ -29,14 +32,25 @@ class NonFiniteLoss(FloatingPointError, ValueError):
 
 @dataclass(frozen=True)
 class Progress:
-    """What the progress callback receives."""
+    """What the progress callback receives.
+
+    ``losses`` is read from the device only when a callback asks for it (a sync), and only on steps
+    whose losses are exact (W2 refresh steps; every step for the other statistics); else it is None.
+    """
 
     step: int  # 1-based, over all scales
     total: int
     scale: int  # 0-based pyramid scale index
     scales: int
     size: Tuple[int, int]  # (H, W) of the current scale
-    losses: Optional[Dict[str, float]]  # read every ``loss_every`` steps, else None
+    parts: Optional[Dict[str, torch.Tensor]] = field(default=None, repr=False, compare=False)
+
+    @property
+    def losses(self) -> Optional[Dict[str, float]]:
+        """The weighted loss parts as floats, or None on a step without exact losses."""
+        if self.parts is None:
+            return None
+        return {k: float(v.detach()) for k, v in self.parts.items()}
 
 
 ProgressFn = Callable[[Progress], None]
@@ -44,6 +58,7 @@ PreviewFn = Callable[[int, torch.Tensor], None]
 CancelFn = Callable[[], bool]
 ExtraLossFn = Callable[[torch.Tensor], torch.Tensor]  # image [B,3,h,w] at the current scale -> weighted scalar loss
 Init = Union[str, torch.Tensor]
+Styles = Union[StyleTarget, Sequence[StyleTarget], None]
 
 
 def pyramid_sizes(final_hw: Tuple[int, int], min_size: int, min_edge: int = 1) -> List[Tuple[int, int]]:
@@ -72,12 +87,6 @@ def steps_per_scale(settings: Settings, scales: int) -> List[int]:
     """Iterations at each scale: ``first_steps`` at the smallest, ``steps`` at the others."""
     first = settings.first_steps if settings.first_steps is not None else settings.steps
     return [first] + [settings.steps] * (scales - 1) if scales > 1 else [settings.steps]
-
-
-def lbfgs_history(numel: int, requested: int, memory_mb: int) -> int:
-    """L-BFGS keeps 2 image-sized fp32 vectors per history entry: bound it by a memory budget."""
-    fits = int(memory_mb * 2**20 // (2 * 4 * max(numel, 1)))
-    return max(3, min(requested, fits))
 
 
 class AveragedIterate:
@@ -113,17 +122,34 @@ def check_max_size(hw: Tuple[int, int], max_size: int) -> None:
         )
 
 
-def _validate(settings: Settings, content: Optional[ContentTarget], style: Optional[StyleTarget],
+def style_regions(style: Styles) -> Tuple[StyleTarget, ...]:
+    """``style`` as a tuple of style targets (one per region); a single target is a tuple of one."""
+    if style is None:
+        return ()
+    if isinstance(style, StyleTarget):
+        regions: Tuple[StyleTarget, ...] = (style,)
+    elif isinstance(style, (list, tuple)):
+        regions = tuple(style)
+    else:
+        regions = (style,)
+    for t in regions:
+        if not isinstance(t, StyleTarget):
+            raise TypeError(f"style must be a StyleTarget (StyleTarget.create or a Gram Style Target node) or a "
+                            f"list of them; got {type(t).__name__}")
+    if sum(t.mask is None for t in regions) > 1:
+        raise ValueError("more than one style target without a mask: blend them into one (StyleTarget.blend or "
+                         "add_to), or give each a region mask")
+    return regions
+
+
+def _validate(settings: Settings, content: Optional[ContentTarget], regions: Tuple[StyleTarget, ...],
               extractor: Extractor) -> None:
-    if content is None and style is None:
+    if content is None and not regions:
         raise ValueError("nothing to optimise for: give a content target, a style target, or both")
     if content is not None and not isinstance(content, ContentTarget):
         raise TypeError(f"content must be a ContentTarget (ContentTarget.create or a Content Target node); "
                         f"got {type(content).__name__}")
-    if style is not None and not isinstance(style, StyleTarget):
-        raise TypeError(f"style must be a StyleTarget (StyleTarget.create or a Gram Style Target node); "
-                        f"got {type(style).__name__}")
-    for name, t in (("content", content), ("style", style)):
+    for name, t in [("content", content)] + [("style", r) for r in regions]:
         if t is not None and t.extractor_signature != extractor.signature:
             raise ValueError(
                 f"the {name} target was made with extractor {t.extractor_signature!r} but is used with "
@@ -136,7 +162,7 @@ def validate_settings(settings: Settings) -> None:
     """Check the settings alone (no network): what optimize() would refuse."""
     if settings.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer {settings.optimizer!r} is not supported; choose one of {list(OPTIMIZERS)}")
-    for name in ("steps", "min_size", "lbfgs_max_iter", "lbfgs_history", "loss_every", "transport_every"):
+    for name in ("steps", "min_size", "lbfgs_max_iter", "lbfgs_history", "transport_every"):
         if int(getattr(settings, name)) < 1:
             raise ValueError(f"{name} must be at least 1; got {getattr(settings, name)}")
     if settings.first_steps is not None and settings.first_steps < 1:
@@ -188,36 +214,68 @@ def _initial_image(init: Init, content: Optional[ContentTarget], batch: int, hw:
     raise ValueError(f"init {init!r} is not supported; choose one of {list(INITS)} or pass an image tensor")
 
 
-def _resize_state(t: torch.Tensor, hw: Tuple[int, int], mode: str) -> torch.Tensor:
-    return F.interpolate(t, size=hw, mode=mode, align_corners=False)
+def use_bf16(settings: Settings, device: torch.device) -> bool:
+    """The network in bf16: as set, or by default on CPUs with native bf16 (AMX, AVX-512 BF16)."""
+    if settings.autocast_bf16 is not None:
+        return bool(settings.autocast_bf16)
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
+def carry_adam_state(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                     hw: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Adam's moments of one scale, resized to the next and rescaled to its gradient units.
+
+    Every loss is a mean over positions, so a pixel's gradient scales with 1 / (number of pixels):
+    without the rescale the carried second moment would be too large by that ratio squared, and the
+    effective step would shrink at every scale (to about a third at the last).
+    """
+    ratio = (exp_avg.shape[-2] * exp_avg.shape[-1]) / (hw[0] * hw[1])
+    m = F.interpolate(exp_avg, size=hw, mode="bicubic", align_corners=False) * ratio
+    v = F.interpolate(exp_avg_sq, size=hw, mode="bilinear", align_corners=False).clamp_min(0) * ratio**2
+    return m, v
 
 
 class _Objective:
     """Computes the weighted losses of an image at one scale."""
 
-    def __init__(self, extractor: Extractor, settings: Settings, content: Optional[ContentTarget],
-                 content_feats: Optional[torch.Tensor], style: Optional[StyleTarget],
-                 style_targets: Optional[Dict[str, LayerStyle]],
+    def __init__(self, extractor: Extractor, settings: Settings, hw: Tuple[int, int],
+                 content: Optional[ContentTarget], regions: Tuple[StyleTarget, ...],
                  extra_loss: Optional[ExtraLossFn] = None) -> None:
         self.extractor = extractor
-        self.extra_loss = extra_loss
         self.settings = settings
+        self.hw = hw
         self.content = content
-        self.content_feats = content_feats
-        self.style = style
-        self.style_targets = style_targets
-        layers = list(style.layers) if style is not None else []
+        self.regions = regions
+        self.extra_loss = extra_loss
+        self.bf16 = use_bf16(settings, extractor.device)
+        dev = extractor.device
+        self.content_feats = content.at_size(extractor, hw).clone() if content is not None else None
+        self.content_mask = content.weights_at(hw, dev) if content is not None else None
+        self.region_masks = _region_masks(regions, hw, dev)
+        self.style_targets = [t.at_size(extractor, max(hw)) for t in regions]
+        layers: List[str] = []
+        for t in regions:
+            layers += [n for n in t.layers if n not in layers]
         if content is not None and content.layer not in layers:
             layers.append(content.layer)
         self.layers = layers
-        # moments: one W2Style per layer keeps its transport between refresh steps
-        self.w2 = ({n: W2Style(t) for n, t in style_targets.items()}
-                   if style is not None and style.statistic == "moments" else {})
+        self.w2: Dict[Tuple[int, str], W2Style] = {}  # moments: keeps each layer's transport between refreshes
+        self.grid_masks: Dict[Tuple[int, Tuple[int, int]], Optional[torch.Tensor]] = {}
 
-    def _style_loss(self, name: str, feats: torch.Tensor, exact: bool) -> torch.Tensor:
-        if name in self.w2:
-            return self.w2[name](feats, refresh=exact)
-        return style_loss(feats, self.style_targets[name])
+    def _mask(self, k: int, grid: Tuple[int, int]) -> Optional[torch.Tensor]:
+        key = (k, grid)
+        if key not in self.grid_masks:
+            self.grid_masks[key] = mask_at(self.region_masks[k], grid, self.extractor.device)
+        return self.grid_masks[key]
+
+    def _style(self, k: int, name: str, feats: torch.Tensor, exact: bool) -> torch.Tensor:
+        target = self.style_targets[k][name]
+        weights = self._mask(k, tuple(feats.shape[-2:]))
+        if target.statistic == "moments":
+            if (k, name) not in self.w2:
+                self.w2[(k, name)] = W2Style(target)
+            return self.w2[(k, name)](feats, refresh=exact, weights=weights)
+        return style_loss(feats, target, weights)
 
     def __call__(self, image: torch.Tensor, exact: bool = True) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Total loss and its parts. With ``exact=False`` the W2 style loss reuses its last transport:
@@ -225,19 +283,22 @@ class _Objective:
         s = self.settings
         nhwc = s.channels_last and image.device.type in ("cpu", "cuda")
         x = image.contiguous(memory_format=torch.channels_last) if nhwc else image
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bool(s.autocast_bf16)):
+        with autocast(x.device, self.bf16):
             feats = self.extractor(x, self.layers, checkpoint=s.checkpoint, compile=s.compile)
         parts: Dict[str, torch.Tensor] = {}
         total = image.new_zeros(())
         if self.content is not None:
-            c = content_loss(feats[self.content.layer].float(), self.content_feats)
+            f = feats[self.content.layer].float()
+            weights = None if self.content_mask is None else mask_at(self.content_mask, tuple(f.shape[-2:]), f.device)
+            c = content_loss(f, self.content_feats, weights)
             parts["content"] = c
             total = total + s.content_weight * self.content.weight * c
-        if self.style is not None:
-            sl = sum(w * self._style_loss(n, feats[n].float(), exact)
-                     for n, w in zip(self.style.layers, self.style.layer_weights))
+        if self.regions:
+            sl = sum(t.weight * sum(w * self._style(k, n, feats[n].float(), exact)
+                                    for n, w in zip(t.layers, t.layer_weights))
+                     for k, t in enumerate(self.regions))
             parts["style"] = sl
-            total = total + s.style_weight * self.style.weight * sl
+            total = total + s.style_weight * sl
         if s.tv_weight > 0:
             tv = tv_loss(image)
             parts["tv"] = tv
@@ -250,10 +311,21 @@ class _Objective:
         return total, parts
 
 
+def _region_masks(regions: Tuple[StyleTarget, ...], hw: Tuple[int, int],
+                  device: torch.device) -> List[Optional[torch.Tensor]]:
+    """Each region's mask at the output grid; an unmasked style among masked ones covers what they leave."""
+    masks = [mask_at(t.mask, hw, device) for t in regions]
+    given = [m for m in masks if m is not None]
+    if not given or len(given) == len(masks):
+        return masks
+    rest = (1 - torch.stack([m.expand(-1, 1, -1, -1)[:1] for m in given]).sum(0)).clamp(0, 1)
+    return [rest if m is None else m for m in masks]
+
+
 def optimize(
     extractor: Extractor,
     content: Optional[ContentTarget] = None,
-    style: Optional[StyleTarget] = None,
+    style: Styles = None,
     init: Init = "content",
     settings: Optional[Settings] = None,
     size: Optional[int] = None,
@@ -264,20 +336,23 @@ def optimize(
 ) -> torch.Tensor:
     """Optimise an image to match ``content`` and/or ``style``; returns ``[B,3,H,W]`` in 0..1 on CPU.
 
-    ``init`` is ``"content"``, ``"noise"``, ``"gray"`` or an image tensor. ``size`` is the output's
-    long edge (default: the content's size). A content batch of B gives B outputs. ``cancel`` is called
-    every iteration; if it returns True the run raises :class:`Cancelled` (its own exceptions propagate).
-    ``extra_loss(image)`` adds a term of the caller's (e.g. a temporal loss): it gets the image being
-    optimised at the current pyramid scale, ``[B,3,h,w]``, and returns a weighted scalar.
+    ``style`` is a style target, or several with region masks (one of them may be unmasked: it covers
+    what the masks leave). ``init`` is ``"content"``, ``"noise"``, ``"gray"`` or an image tensor.
+    ``size`` is the output's long edge (default: the content's size). A content batch of B gives B
+    outputs. ``cancel`` is called every iteration; if it returns True the run raises :class:`Cancelled`
+    (its own exceptions propagate). ``extra_loss(image)`` adds a term of the caller's (e.g. a temporal
+    loss): it gets the image being optimised at the current pyramid scale, ``[B,3,h,w]``, and returns a
+    weighted scalar. No process-wide setting is changed.
     """
     settings = settings or Settings()
-    _validate(settings, content, style, extractor)
+    regions = style_regions(style)
+    _validate(settings, content, regions, extractor)
     if isinstance(init, str) and init not in INITS:
         raise ValueError(f"init {init!r} is not supported; choose one of {list(INITS)} or pass an image tensor")
     check_size(size)
     final_hw = output_size(content, init, size)
     check_max_size(final_hw, settings.max_size)
-    layers = list(style.layers if style else []) + ([content.layer] if content else [])
+    layers = [n for t in regions for n in t.layers] + ([content.layer] if content else [])
     min_edge = extractor.min_edge(layers)
     if min(final_hw) < min_edge:
         raise ValueError(
@@ -289,12 +364,9 @@ def optimize(
     sizes = pyramid_sizes(final_hw, smallest_scale(settings, final_hw), min_edge)
     plan = steps_per_scale(settings, len(sizes))
     check_compile(settings, extractor.device)
-    run = _Run(extractor, settings, content, style, progress, preview, cancel, sum(plan), extra_loss)
-    if extractor.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = settings.tf32
-        torch.backends.cudnn.allow_tf32 = settings.tf32
-        torch.backends.cudnn.benchmark = True
+    run = _Run(extractor, settings, content, regions, progress, preview, cancel, sum(plan), extra_loss)
     with torch.inference_mode(False), torch.enable_grad():
+        x = None
         try:
             x = _initial_image(init, content, batch, sizes[0], extractor.device, settings.seed)
             for i, (hw, n) in enumerate(zip(sizes, plan)):
@@ -312,48 +384,37 @@ def optimize(
 class _Run:
     """State of one optimisation; ``release`` drops every tensor so a failed run frees its memory."""
 
-    def __init__(self, extractor, settings, content, style, progress, preview, cancel, total,
+    def __init__(self, extractor, settings, content, regions, progress, preview, cancel, total,
                  extra_loss=None) -> None:
         self.extractor, self.settings = extractor, settings
         self.extra_loss = extra_loss
-        self.content, self.style = content, style
+        self.content, self.regions = content, regions
         self.progress, self.preview, self.cancel = progress, preview, cancel
         self.total, self.step = total, 0
         self.adam_state: Optional[Tuple[torch.Tensor, torch.Tensor, int]] = None
         self.objective: Optional[_Objective] = None
 
     def release(self) -> None:
-        """Forget tensors held between scales and empty the accelerator cache."""
+        """Forget the tensors held between scales (caches are the caller's: see the nodes' bridge)."""
         self.adam_state = None
         self.objective = None
-        if self.extractor.device.type == "cuda":
-            torch.cuda.empty_cache()
 
-    def _reads_losses(self, step: int) -> bool:
-        return self.progress is not None and (step % self.settings.loss_every == 0 or step == self.total)
-
-    def _tick(self, scale: int, scales: int, hw, parts: Dict[str, torch.Tensor], image_fn) -> None:
+    def _tick(self, scale: int, scales: int, hw, parts: Dict[str, torch.Tensor], exact: bool, image_fn) -> None:
         self.step += 1
         s = self.settings
         if self.cancel is not None and self.cancel():
             raise Cancelled(f"cancelled at step {self.step} of {self.total}")
         if self.progress is not None:
-            losses = {k: float(v.detach()) for k, v in parts.items()} if self._reads_losses(self.step) else None
-            if losses is not None and not math.isfinite(losses["total"]):
-                raise NonFiniteLoss(
-                    f"the loss became {losses['total']} at step {self.step}; lower the learning rate or the weights"
-                )
-            self.progress(Progress(self.step, self.total, scale, scales, tuple(hw), losses))
+            self.progress(Progress(self.step, self.total, scale, scales, tuple(hw),
+                                   {k: v.detach() for k, v in parts.items()} if exact else None))
         if self.preview is not None and s.preview_every > 0 and self.step % s.preview_every == 0:
             self.preview(self.step, image_fn().detach())
 
     def scale(self, i: int, scales: int, hw: Tuple[int, int], steps: int, x: torch.Tensor) -> torch.Tensor:
         """Optimise at one pyramid scale, starting from ``x`` resized to ``hw``."""
-        ext, s = self.extractor, self.settings
+        s = self.settings
         x = resize(x, hw).detach().clone()
-        content_feats = self.content.at_size(ext, hw).clone() if self.content is not None else None
-        style_targets = self.style.at_size(ext, max(hw)) if self.style is not None else None
-        self.objective = _Objective(ext, s, self.content, content_feats, self.style, style_targets, self.extra_loss)
+        self.objective = _Objective(self.extractor, s, hw, self.content, self.regions, self.extra_loss)
         x.requires_grad_(True)
         out = self._adam(i, scales, hw, steps, x) if s.optimizer == "adam" else self._lbfgs(i, scales, hw, steps, x)
         if not bool(torch.isfinite(out).all()):  # one sync per scale
@@ -365,22 +426,19 @@ class _Run:
         opt = torch.optim.Adam([x], lr=s.lr, betas=(0.9, 0.99))
         if self.adam_state is not None:
             exp_avg, exp_avg_sq, count = self.adam_state
-            opt.state[x] = {
-                "step": torch.tensor(float(count)),
-                "exp_avg": _resize_state(exp_avg, hw, "bicubic"),
-                "exp_avg_sq": _resize_state(exp_avg_sq, hw, "bilinear").clamp_min(0),
-            }
+            m, v = carry_adam_state(exp_avg, exp_avg_sq, hw)
+            opt.state[x] = {"step": torch.tensor(float(count)), "exp_avg": m, "exp_avg_sq": v}
         ema = AveragedIterate(x, s.ema_decay)
         for k in range(steps):
             opt.zero_grad(set_to_none=True)
-            exact = k % s.transport_every == 0 or self._reads_losses(self.step + 1)
+            exact = k % s.transport_every == 0  # the schedule alone: watching changes nothing
             loss, parts = self.objective(x, exact)
             loss.backward()
             opt.step()
             with torch.no_grad():
                 x.clamp_(0, 1)
             ema.update(x)
-            self._tick(i, scales, hw, parts, ema.value)
+            self._tick(i, scales, hw, parts, exact, ema.value)
         st = opt.state[x]
         self.adam_state = (st["exp_avg"].detach(), st["exp_avg_sq"].detach(), int(float(st["step"])))
         return ema.value().clamp(0, 1)
@@ -398,7 +456,7 @@ class _Run:
             loss, parts = self.objective(x)
             loss.backward()
             done += 1
-            self._tick(i, scales, hw, parts, lambda: x.clamp(0, 1))
+            self._tick(i, scales, hw, parts, True, lambda: x.clamp(0, 1))
             return loss
 
         while done < steps:

@@ -29,13 +29,11 @@ class Settings:
     lbfgs_memory_mb: int = 1024
     init: str = "content"
     seed: int = 0
-    loss_every: int = 10  # read the losses back (a device sync) every N steps
     transport_every: int = 1  # Adam + moments: recompute each layer's W2 transport every N steps (1: exact)
     preview_every: int = 0  # call the preview callback every N steps (0: never)
     max_size: int = 4096  # refuse outputs whose long edge is larger (memory and time grow with its square)
-    tf32: bool = True  # CUDA: TF32 matmuls and convolutions for the network
     channels_last: bool = True  # NHWC network on CPU and CUDA (measured faster on the CPU; see BENCHMARKS.md)
-    autocast_bf16: bool = False  # run the network in bf16 (CUDA, CPUs with native bf16); losses stay fp32
+    autocast_bf16: Optional[bool] = None  # network in bf16; None: on CPUs with native bf16 only. Losses stay fp32
     checkpoint: bool = False  # recompute each VGG block in the backward pass: less memory, ~1 more forward
     compile: bool = False  # torch.compile the network pieces (compiled once per size; pays off on long runs)
 

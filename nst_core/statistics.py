@@ -7,10 +7,12 @@ per-image averages they are built from).
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Tuple
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import torch
+
+from .precision import algebra_device, one_thread, precise_dtype
 
 STATISTICS = ("gram_normalized", "gram", "moments")
 
@@ -55,11 +57,55 @@ def gram(features: torch.Tensor) -> Stat:
     return (outer(f) / (c * n),)
 
 
-def moments(features: torch.Tensor) -> Stat:
-    """Mean ``[B,C]`` and raw second moment ``[B,C,C]`` (F·Fᵀ / H·W); covariance is derived from them."""
+def moments(features: torch.Tensor, weights: Optional[torch.Tensor] = None) -> Stat:
+    """Mean ``[B,C]`` and raw second moment ``[B,C,C]`` of ``[B,C,H,W]`` features, without a graph.
+
+    Accumulated from centred features in float64 (see :func:`centred_moments`), so the covariance
+    derived from them keeps its small eigenvalues. ``weights`` (``[B or 1,1,H,W]``, ≥ 0) weigh the
+    positions: a masked statistic.
+    """
     f = _flat(features)
-    n = f.shape[2]
-    return f.mean(dim=2), outer(f) / n
+    w = None if weights is None else weights.reshape(weights.shape[0], 1, -1)
+    mean, cov, _ = centred_moments(f, w)
+    return mean, cov + mean.unsqueeze(-1) * mean.unsqueeze(-2)
+
+
+def centred_moments(f: torch.Tensor, weights: Optional[torch.Tensor] = None,
+                    chunk_elements: int = 1 << 24) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean ``[B,C]``, covariance ``[B,C,C]``, mass ``[B]``) of flat features ``[B,C,N]``, no graph.
+
+    Runs on the features' device in :func:`precision.precise_dtype` (float64 where it exists), over
+    chunks of positions merged with Chan's pairwise update, so no chunk is ever large and the
+    covariance is taken from centred values: ``F·Fᵀ/N − μμᵀ`` would cancel most digits of the small
+    eigenvalues. ``weights`` ``[B or 1,1,N]`` (≥ 0) make it a weighted mean and covariance.
+    """
+    dtype = precise_dtype(f.device)
+    b, c, n = f.shape
+    step = max(1, chunk_elements // max(1, b * c))
+    mass = mean = m2 = None
+    with torch.no_grad():
+        for start in range(0, n, step):
+            x = f[..., start : start + step].to(dtype)
+            if weights is None:
+                w = None
+                k = torch.full((b, 1), float(x.shape[-1]), dtype=dtype, device=f.device)
+                mu = x.mean(-1)
+            else:
+                w = weights[..., start : start + step].to(dtype).expand(b, 1, -1)
+                k = w.sum(-1)
+                mu = (x * w).sum(-1) / k.clamp_min(1e-30)
+            xc = x - mu.unsqueeze(-1)
+            cov = (xc if w is None else xc * w) @ xc.transpose(-1, -2)
+            if mass is None:
+                mass, mean, m2 = k, mu, cov
+                continue
+            total = mass + k
+            delta = mu - mean
+            share = (k / total.clamp_min(1e-30))
+            mean = mean + delta * share
+            m2 = m2 + cov + (delta.unsqueeze(-1) * delta.unsqueeze(-2)) * (mass * share).unsqueeze(-1)
+            mass = total
+    return mean, m2 / mass.clamp_min(1e-30).unsqueeze(-1), mass.squeeze(-1)
 
 
 def compute(statistic: str, features: torch.Tensor) -> Stat:
@@ -84,30 +130,20 @@ def blend(stats: "list[Stat]", weights: "list[float]") -> Stat:
 
 def covariance(mean: torch.Tensor, second: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     """Σ = S − μμᵀ + eps·I (eps relative to the mean variance, keeps Σ positive definite)."""
-    cov = second - mean.unsqueeze(-1) * mean.unsqueeze(-2)
+    return regularised(second - mean.unsqueeze(-1) * mean.unsqueeze(-2), eps)
+
+
+def regularised(cov: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Σ + eps·I, eps relative to the mean variance: keeps Σ positive definite."""
     c = cov.shape[-1]
     scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
     eye = torch.eye(c, device=cov.device, dtype=cov.dtype)
     return cov + (eps * scale)[..., None, None] * eye
 
 
-@contextlib.contextmanager
-def _one_thread(t: torch.Tensor) -> Iterator[None]:
-    """LAPACK's threaded eigensolver can be 100× slower on a busy CPU; these matrices are small."""
-    if t.device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def eigh(matrix: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """``torch.linalg.eigh``, single-threaded on the CPU."""
-    with _one_thread(matrix):
+    with one_thread(matrix.device):
         return torch.linalg.eigh(matrix)
 
 
@@ -115,3 +151,36 @@ def sqrtm_psd(matrix: torch.Tensor) -> torch.Tensor:
     """Principal square root of a symmetric positive semi-definite matrix (no gradient needed)."""
     vals, vecs = eigh(matrix)
     return (vecs * vals.clamp_min(0).sqrt().unsqueeze(-2)) @ vecs.transpose(-1, -2)
+
+
+@dataclass(frozen=True)
+class LayerStyle:
+    """One layer's style target, prepared for a fast loss (no graph, never mutated)."""
+
+    statistic: str
+    stat: Stat  # each tensor has batch dimension 1; moments: float64 on the algebra device
+    norm: float  # target magnitude the loss is divided by
+    cov_sqrt: Optional[torch.Tensor] = None  # moments only: Σₛ^½ (float64)
+    cov_trace: Optional[torch.Tensor] = None  # moments only: tr(Σₛ) (float64)
+
+    @classmethod
+    def prepare(cls, statistic: str, stat: Stat) -> "LayerStyle":
+        """Precompute what the loss needs from a (blended) target statistic.
+
+        For ``moments`` everything is float64 on the algebra device of the statistic's device.
+        """
+        if statistic == "moments":
+            dev = algebra_device(stat[0].device)
+            mean, second = (t.to(dev, torch.float64) for t in stat)
+            cov = covariance(mean, second)
+            norm = float(second.diagonal(dim1=-2, dim2=-1).mean())
+            return cls(statistic, (mean, second), max(norm, 1e-12), sqrtm_psd(cov),
+                       cov.diagonal(dim1=-2, dim2=-1).sum(-1))
+        return cls(statistic, stat, max(float(stat[0].pow(2).mean()), 1e-12))
+
+    def to(self, device: "torch.device | str") -> "LayerStyle":
+        """A copy for features on ``device`` (moments: on that device's algebra device, float64)."""
+        dev = algebra_device(device) if self.statistic == "moments" else torch.device(device)
+        move = lambda t: None if t is None else t.to(dev)  # noqa: E731
+        return LayerStyle(self.statistic, tuple(move(t) for t in self.stat), self.norm,
+                          move(self.cov_sqrt), move(self.cov_trace))

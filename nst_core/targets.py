@@ -13,12 +13,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import math
 
 import torch
+import torch.nn.functional as F
 
 from . import statistics as st
 from .extractor import Extractor
 from .image import as_rgb_batch, fit_long_edge, resize
 from .layers import parse_layers
-from .losses import LayerStyle
+from .statistics import LayerStyle
 
 
 def _check_weight(name: str, value: float) -> float:
@@ -36,9 +37,6 @@ def _check_size(extractor: Extractor, image: torch.Tensor, layers: Sequence[str]
             f"{what} is {w}×{h} px, too small for layer {max(layers, key=lambda n: extractor.min_edge([n]))}: "
             f"it needs at least {need} px on each side. Use a larger image or a shallower layer."
         )
-
-
-REFERENCE_EDGE = 512  # the statistics a target stores at construction use at most this long edge
 
 
 class _Memo:
@@ -63,30 +61,68 @@ def _features(extractor: Extractor, image: torch.Tensor, layers: Sequence[str]) 
         return extractor(image.to(extractor.device), list(layers))
 
 
+def mask_tensor(mask: Optional[torch.Tensor], name: str) -> Optional[torch.Tensor]:
+    """Validate a mask (``[H,W]``, ``[B,H,W]`` or ``[B,1,H,W]``, values in 0..1) as ``[B,1,H,W]`` float."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor [B,H,W] in 0..1 (a ComfyUI MASK); got {type(mask).__name__}")
+    with torch.inference_mode(False):
+        m = mask.detach().clone().float()
+    if m.dim() == 2:
+        m = m[None, None]
+    elif m.dim() == 3:
+        m = m.unsqueeze(1)
+    if m.dim() != 4 or m.shape[1] != 1 or m.numel() == 0:
+        raise ValueError(f"{name} must have shape [H,W], [B,H,W] or [B,1,H,W]; got {list(mask.shape)}")
+    if not torch.isfinite(m).all():
+        raise ValueError(f"{name} contains NaN or Inf values; give values in 0..1")
+    return m.clamp(0, 1)
+
+
+def mask_at(mask: Optional[torch.Tensor], hw: Tuple[int, int], device: torch.device) -> Optional[torch.Tensor]:
+    """A mask resized to ``hw`` by area averaging (soft edges stay soft), on ``device``."""
+    if mask is None:
+        return None
+    m = mask.to(device)
+    if tuple(m.shape[-2:]) == tuple(hw):
+        return m
+    return F.interpolate(m, size=hw, mode="area" if m.shape[-1] >= hw[1] else "bilinear",
+                         **({} if m.shape[-1] >= hw[1] else {"align_corners": False})).clamp(0, 1)
+
+
 @dataclass(frozen=True)
 class ContentTarget:
-    """The activations of one layer of the content image(s)."""
+    """One layer of the content image(s): the activations are computed only at the sizes the optimiser asks for.
+
+    ``mask`` (optional, ``[1 or B,1,H,W]`` in 0..1) holds the content harder where it is white: the content
+    loss at a position is weighted by ``1 + mask_strength·mask``.
+    """
 
     layer: str
     weight: float
     image: torch.Tensor  # [B,3,H,W] 0..1
-    features: torch.Tensor  # activations of `image` at `layer`
     extractor_signature: str
+    mask: Optional[torch.Tensor] = None
+    mask_strength: float = 4.0
     _memo: _Memo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_memo", _Memo())
 
     @classmethod
-    def create(cls, extractor: Extractor, image: torch.Tensor, layer: str = "relu4_2", weight: float = 1.0) -> "ContentTarget":
-        """Capture ``layer`` of ``image`` (``[B,3,H,W]`` RGB 0..1) with ``extractor``."""
+    def create(cls, extractor: Extractor, image: torch.Tensor, layer: str = "relu4_2", weight: float = 1.0,
+               mask: Optional[torch.Tensor] = None, mask_strength: float = 4.0) -> "ContentTarget":
+        """Validate ``image`` (``[B,3,H,W]`` RGB 0..1) and ``layer`` for ``extractor``; no network pass yet."""
         layer = parse_layers([layer], extractor.arch)[0]
         weight = _check_weight("content weight", weight)
         with torch.inference_mode(False):
             image = as_rgb_batch(image, "content image").detach().clone()
         _check_size(extractor, image, [layer], "the content image")
-        feats = _features(extractor, image, [layer])[layer]
-        return cls(layer, weight, image, feats, extractor.signature)
+        m = mask_tensor(mask, "content mask")
+        if m is not None and m.shape[0] not in (1, image.shape[0]):
+            raise ValueError(f"the content mask batch has {m.shape[0]} masks for {image.shape[0]} content images; give 1 or {image.shape[0]}")
+        return cls(layer, weight, image, extractor.signature, m, _check_weight("content mask strength", mask_strength))
 
     @property
     def size(self) -> Tuple[int, int]:
@@ -95,8 +131,6 @@ class ContentTarget:
 
     def at_size(self, extractor: Extractor, hw: Tuple[int, int]) -> torch.Tensor:
         """The target activations for an output of size ``hw`` (computed once per size, then remembered)."""
-        if tuple(hw) == self.size:
-            return self.features.to(extractor.device)
 
         def compute() -> torch.Tensor:
             return _features(extractor, resize(self.image.to(extractor.device), hw), [self.layer])[self.layer]
@@ -104,14 +138,30 @@ class ContentTarget:
         feats = self._memo.get((extractor.signature, tuple(hw)), compute, lambda t, d: t.to(d))
         return feats.to(extractor.device)
 
+    def weights_at(self, hw: Tuple[int, int], device: torch.device) -> Optional[torch.Tensor]:
+        """Per-position content-loss weights on a grid of ``hw`` (None without a mask)."""
+        m = mask_at(self.mask, hw, device)
+        return None if m is None else 1 + self.mask_strength * m
+
+    def with_image(self, image: torch.Tensor) -> "ContentTarget":
+        """The same target (layer, weight, mask) for another image, e.g. the content's luminance."""
+        with torch.inference_mode(False):
+            image = as_rgb_batch(image, "content image").detach().clone()
+        return replace(self, image=image)
+
     def to(self, device: "torch.device | str") -> "ContentTarget":
         """A copy on ``device``."""
-        return replace(self, image=self.image.to(device), features=self.features.to(device))
+        return replace(self, image=self.image.to(device), mask=None if self.mask is None else self.mask.to(device))
 
 
 @dataclass(frozen=True)
 class StyleTarget:
-    """Statistics of several layers of one or more style images, blended by weight."""
+    """Statistics of several layers of one or more style images, blended by weight.
+
+    They are computed at the sizes the optimiser asks for (``at_size``), from the kept images. ``mask``
+    (optional, ``[1,1,H,W]`` in 0..1) restricts the style to a region of the output: its statistics are
+    then matched by the features under the mask (weighted moments or Grams).
+    """
 
     layers: Tuple[str, ...]
     layer_weights: Tuple[float, ...]
@@ -121,7 +171,7 @@ class StyleTarget:
     style_scale: float
     weight: float
     extractor_signature: str
-    targets: Dict[str, LayerStyle] = field(repr=False, compare=False)  # at the reference size
+    mask: Optional[torch.Tensor] = None
     _memo: _Memo = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -138,8 +188,9 @@ class StyleTarget:
         blend_weights: Optional[Sequence[float]] = None,
         style_scale: float = 1.0,
         weight: float = 1.0,
+        mask: Optional[torch.Tensor] = None,
     ) -> "StyleTarget":
-        """Compute the style statistics of ``images`` (a batch, or a list of differently sized images)."""
+        """Validate the style ``images`` (a batch, or a list of differently sized images); no network pass yet."""
         layers = tuple(parse_layers(layers, extractor.arch))
         if statistic not in st.STATISTICS:
             raise ValueError(f"statistic {statistic!r} is not supported; choose one of {list(st.STATISTICS)}")
@@ -148,14 +199,7 @@ class StyleTarget:
             raise ValueError(f"got {len(lw)} layer weights for {len(layers)} style layers; give one per layer")
         if sum(lw) <= 0:
             raise ValueError("style layer weights are all 0; give at least one positive weight")
-        with torch.inference_mode(False):
-            if isinstance(images, torch.Tensor):
-                batch = as_rgb_batch(images, "style image")
-                imgs = tuple(batch[i : i + 1].detach().clone() for i in range(batch.shape[0]))
-            else:
-                imgs = tuple(as_rgb_batch(im, "style image").detach().clone() for im in images)
-        if not imgs:
-            raise ValueError("no style image given; give at least one")
+        imgs = _style_images(images)
         bw = tuple(_check_weight("style blend weight", w) for w in (blend_weights or [1.0] * len(imgs)))
         if len(bw) != len(imgs):
             raise ValueError(f"got {len(bw)} style blend weights for {len(imgs)} style images; give one per image")
@@ -166,21 +210,20 @@ class StyleTarget:
             raise ValueError(f"style scale must be between 0.05 and 8; got {style_scale}")
         for im in imgs:
             _check_size(extractor, im, layers, "a style image")
-        made = cls(layers, tuple(w / sum(lw) for w in lw), statistic, imgs, bw, scale,
-                   _check_weight("style weight", weight), extractor.signature, {})
-        object.__setattr__(made, "targets", made._compute(extractor, None))
-        return made
+        m = mask_tensor(mask, "style mask")
+        if m is not None and m.shape[0] != 1:
+            raise ValueError(f"a style target takes one region mask; got a batch of {m.shape[0]}")
+        if m is not None and float(m.max()) <= 0:
+            raise ValueError("the style mask is all black (0): the style would apply nowhere; give a mask with white where the style goes")
+        return cls(layers, tuple(w / sum(lw) for w in lw), statistic, imgs, bw, scale,
+                   _check_weight("style weight", weight), extractor.signature, m)
 
-    def _compute(self, extractor: Extractor, long_edge: Optional[int]) -> Dict[str, LayerStyle]:
+    def _compute(self, extractor: Extractor, long_edge: int) -> Dict[str, LayerStyle]:
         stats: List[Dict[str, st.Stat]] = []
         min_edge = extractor.min_edge(self.layers)
         for im in self.images:
             im = im.to(extractor.device)
-            hw = tuple(im.shape[-2:])
-            if long_edge is None:  # reference statistics: the image itself, at most REFERENCE_EDGE
-                im = resize(im, fit_long_edge(hw, min(max(hw), REFERENCE_EDGE)))
-            else:
-                im = resize(im, self.style_size(hw, long_edge, min_edge))
+            im = resize(im, self.style_size(tuple(im.shape[-2:]), long_edge, min_edge))
             feats = _features(extractor, im, self.layers)
             with torch.no_grad():
                 stats.append({n: st.compute(self.statistic, feats[n].float()) for n in self.layers})
@@ -189,7 +232,6 @@ class StyleTarget:
                 n: LayerStyle.prepare(self.statistic, st.blend([s[n] for s in stats], list(self.blend_weights)))
                 for n in self.layers
             }
-
     def style_size(self, style_hw: Tuple[int, int], output_long_edge: int, min_edge: int = 1) -> Tuple[int, int]:
         """(H, W) a style image is analysed at for an output whose long edge is ``output_long_edge``.
 
@@ -209,30 +251,49 @@ class StyleTarget:
         return {n: t.to(extractor.device) for n, t in found.items()}
 
     def blend(self, other: "StyleTarget", weight: float = 1.0) -> "StyleTarget":
-        """A new target mixing this one's images with ``other``'s, each of ``other``'s scaled by ``weight``."""
+        """A new target mixing this one's images with ``other``'s, each of ``other``'s scaled by ``weight``.
+
+        Both must agree on everything but their images: a blend has one set of layers, layer weights,
+        statistic, style scale and region.
+        """
         if not isinstance(other, StyleTarget):
             raise TypeError(f"can only blend with another StyleTarget, got {type(other).__name__}")
-        for attr in ("extractor_signature", "layers", "statistic"):
+        for attr in ("extractor_signature", "layers", "statistic", "layer_weights", "style_scale"):
             if getattr(self, attr) != getattr(other, attr):
                 raise ValueError(
                     f"cannot blend style targets with different {attr.replace('_', ' ')}: "
                     f"{getattr(self, attr)!r} vs {getattr(other, attr)!r}; build both with the same settings"
                 )
+        if (self.mask is None) != (other.mask is None) or (
+                self.mask is not None and not torch.equal(self.mask, other.mask.to(self.mask.device))):
+            raise ValueError("cannot blend style targets with different masks; use them as separate regions")
         w = _check_weight("blend weight", weight)
         images = self.images + tuple(im.to(self.images[0].device) for im in other.images)
         bw = self.blend_weights + tuple(b * w for b in other.blend_weights)
-        merged = replace(self, images=images, blend_weights=bw, targets={})
-        parts = [self.targets, {n: t.to(self.targets[n].norm.device) for n, t in other.targets.items()}]
-        totals = [sum(self.blend_weights), sum(other.blend_weights) * w]
-        object.__setattr__(merged, "targets", {
-            n: LayerStyle.prepare(self.statistic, st.blend([p[n].stat for p in parts], totals)) for n in self.layers
-        })
-        return merged
+        return replace(self, images=images, blend_weights=bw)
+
+    def with_images(self, extractor: Extractor, images: "torch.Tensor | Sequence[torch.Tensor]") -> "StyleTarget":
+        """The same target (layers, weights, statistic, scale, region) for other images (e.g. recoloured)."""
+        imgs = _style_images(images)
+        if len(imgs) != len(self.images):
+            raise ValueError(f"got {len(imgs)} style images to replace {len(self.images)}; give one per image")
+        for im in imgs:
+            _check_size(extractor, im, self.layers, "a style image")
+        return replace(self, images=imgs)
 
     def to(self, device: "torch.device | str") -> "StyleTarget":
         """A copy on ``device``."""
-        return replace(
-            self,
-            images=tuple(im.to(device) for im in self.images),
-            targets={n: t.to(device) for n, t in self.targets.items()},
-        )
+        return replace(self, images=tuple(im.to(device) for im in self.images),
+                       mask=None if self.mask is None else self.mask.to(device))
+
+
+def _style_images(images: "torch.Tensor | Sequence[torch.Tensor]") -> Tuple[torch.Tensor, ...]:
+    with torch.inference_mode(False):
+        if isinstance(images, torch.Tensor):
+            batch = as_rgb_batch(images, "style image")
+            imgs = tuple(batch[i : i + 1].detach().clone() for i in range(batch.shape[0]))
+        else:
+            imgs = tuple(as_rgb_batch(im, "style image").detach().clone() for im in images)
+    if not imgs:
+        raise ValueError("no style image given; give at least one")
+    return imgs

@@ -11,6 +11,11 @@ distance of the features to Y. That is an upper bound of W2² (Gelbrich's bound:
 least cost of any coupling with these moments), equal to it, with the same gradient, at the refresh
 point; minimising it therefore lowers W2² (a majorise-minimise step). Between refreshes each
 iteration costs one subtraction per layer: no Gram matrix, no eigensolver.
+
+Precision: the C×C algebra (covariance, Σₛ^½, A·Σ·A, its eigendecomposition, T) runs in float64 on
+the algebra device (:mod:`.precision`); the covariance comes from centred features; and the pull's
+residual is formed directly as F − Y = (I − T)(F − μ) + (μ − μₛ), so its rounding error (TF32 on a GPU)
+is relative to the residual rather than to F.
 """
 
 from __future__ import annotations
@@ -20,42 +25,51 @@ from typing import Optional, Tuple
 import torch
 
 from . import statistics as st
-from .losses import LayerStyle
+from .statistics import LayerStyle
 
 
-def transported_features(f: torch.Tensor, target: LayerStyle) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(W2² per batch item divided by C, Y = μₛ + T·(F − μ)) for flat features ``[B,C,N]``; no graph."""
+def transport_residual(f: torch.Tensor, target: LayerStyle,
+                       weights: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(W2² per batch item divided by C, float64; residual F − Y ``[B,C,N]``) for flat features, no graph.
+
+    ``weights`` ``[B or 1,1,N]`` make the statistics of the current features weighted (a masked region).
+    """
     with torch.no_grad():
         c = f.shape[1]
-        mean, second = st.moments(f.unsqueeze(-1))  # [B,C,N,1]: moments over the N positions
-        cov = st.covariance(mean, second)
+        mean, cov, _ = st.centred_moments(f, weights)
         a = target.cov_sqrt
-        m = a @ cov @ a
+        dev = a.device
+        mean64, cov64 = mean.to(dev, torch.float64), st.regularised(cov.to(dev, torch.float64))
+        m = a @ cov64 @ a
         vals, vecs = st.eigh(0.5 * (m + m.transpose(-1, -2)))
         vals = vals.clamp_min(1e-12 * vals.abs().amax(-1, keepdim=True).clamp_min(1e-30))
         w = (a @ vecs) * vals.pow(-0.25).unsqueeze(-2)  # T = A·V·Λ^(−½)·Vᵀ·A = W·Wᵀ
-        t = w @ w.transpose(-1, -2)
+        eye = torch.eye(c, dtype=torch.float64, device=dev)
         t_mean = target.stat[0]
-        shift = t_mean - (t @ mean.unsqueeze(-1)).squeeze(-1)
-        y = torch.baddbmm(shift.unsqueeze(-1), t, f)
-        trace = cov.diagonal(dim1=-2, dim2=-1).sum(-1)
-        w2 = (mean - t_mean).pow(2).mean(-1) + (trace + target.cov_trace - 2 * vals.sqrt().sum(-1)) / c
-        return w2, y
+        trace = cov64.diagonal(dim1=-2, dim2=-1).sum(-1)
+        w2 = (mean64 - t_mean).pow(2).mean(-1) + (trace + target.cov_trace - 2 * vals.sqrt().sum(-1)) / c
+        keep = eye - w @ w.transpose(-1, -2)  # I − T
+        centred = f - mean.to(f.dtype).unsqueeze(-1)
+        residual = torch.baddbmm((mean64 - t_mean).to(f.device, f.dtype).unsqueeze(-1),
+                                 keep.to(f.device, f.dtype), centred)
+        return w2, residual
 
 
 class _Pull(torch.autograd.Function):
-    """Returns 0; its backward is the gradient of ``scale·|F − Y|²``: ``2·scale·(F − Y)``, in two passes."""
+    """Returns 0; its backward is the gradient of ``scale·Σ a·|F − Y|²``: ``2·scale·a·(F − Y)``."""
 
     @staticmethod
-    def forward(ctx, f: torch.Tensor, goal: torch.Tensor, scale: float) -> torch.Tensor:  # noqa: D102
-        ctx.save_for_backward(f, goal)
+    def forward(ctx, f: torch.Tensor, goal: torch.Tensor, scale: float,
+                weights: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: D102
+        ctx.save_for_backward(f, goal, weights)
         ctx.scale = 2.0 * scale
         return f.new_zeros(())
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: D102
-        f, goal = ctx.saved_tensors
-        return torch.sub(f, goal).mul_(grad * ctx.scale), None, None
+        f, goal, weights = ctx.saved_tensors
+        g = torch.sub(f, goal).mul_(grad * ctx.scale)
+        return (g if weights is None else g.mul_(weights)), None, None, None
 
 
 class W2Style:
@@ -64,6 +78,8 @@ class W2Style:
     A call with ``refresh=True`` (always the first) recomputes the transported features and returns
     the exact W2 loss and gradient. Other calls return 0 with the gradient of the upper bound described
     in the module text (its value is not computed: it would cost a pass over the features).
+    ``weights`` (``[B or 1,1,H,W]`` ≥ 0, e.g. a region mask on the layer's grid) make both the statistics
+    of the features and the pull weighted: the style is matched by the features under the mask.
     """
 
     def __init__(self, target: LayerStyle) -> None:
@@ -71,15 +87,21 @@ class W2Style:
             raise ValueError(f"W2Style needs a 'moments' target, got {target.statistic!r}")
         self.target = target
         self.goal: Optional[torch.Tensor] = None
+        self.scale = 0.0
 
-    def __call__(self, features: torch.Tensor, refresh: bool = True) -> torch.Tensor:
+    def __call__(self, features: torch.Tensor, refresh: bool = True,
+                 weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The loss of ``features`` ``[B,C,H,W]``."""
         value = None
+        b, c = features.shape[:2]
         if refresh or self.goal is None or self.goal.shape != features.shape:
-            b, c = features.shape[:2]
-            w2, goal = transported_features(features.reshape(b, c, -1), self.target)
-            # the goal takes the features' layout (NHWC or not): the pull is then a plain subtraction
-            self.goal = torch.empty_like(features).copy_(goal.reshape(features.shape))
-            value = w2.mean() / self.target.norm
-        pull = _Pull.apply(features, self.goal, 1.0 / features.numel()) / self.target.norm
+            flat_w = None if weights is None else weights.reshape(weights.shape[0], 1, -1)
+            w2, residual = transport_residual(features.detach().reshape(b, c, -1), self.target, flat_w)
+            # the goal Y = F − residual takes the features' layout (NHWC or not): a plain subtraction
+            self.goal = torch.empty_like(features).copy_(residual.reshape(features.shape))
+            self.goal.neg_().add_(features.detach())
+            mass = features[0, 0].numel() if weights is None else float(weights.sum()) / weights.shape[0]
+            self.scale = 1.0 / (b * c * max(mass, 1e-12) * self.target.norm)
+            value = (w2.mean() / self.target.norm).to(features.device, torch.float32)
+        pull = _Pull.apply(features, self.goal, self.scale, weights)
         return pull if value is None else pull + value

@@ -201,7 +201,7 @@ def test_grayscale_and_rgba_are_handled(rand_ext, images, nodes, pext):
     # gray is expanded to three equal channels
     a = ContentTarget.create(rand_ext, gray, "relu2_1")
     b = ContentTarget.create(rand_ext, gray.expand(1, 3, 32, 32), "relu2_1")
-    assert torch.equal(a.features, b.features) and a.image.shape[1] == 3
+    assert torch.equal(a.at_size(rand_ext, a.size), b.at_size(rand_ext, b.size)) and a.image.shape[1] == 3
     # RGBA: the alpha is used (composited over white)
     opaque = torch.cat([rgb, torch.ones(1, 1, 32, 32)], 1)
     clear = torch.cat([rgb, torch.zeros(1, 1, 32, 32)], 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 import pytest
 import torch
@@ -82,7 +83,8 @@ def test_full_graph_under_inference_mode_gives_one_output_per_content_image(node
     assert out.dtype == torch.float32 and out.is_contiguous()
     assert 0 <= float(out.min()) and float(out.max()) <= 1
     assert torch.equal(content, before)
-    assert not ct.features.requires_grad and not ct.features.is_inference()
+    feats = ct.at_size(extractor, ct.size)
+    assert not feats.requires_grad and not feats.is_inference()
 
 
 def test_texture_without_content_starts_from_noise_at_size(nodes, extractor):
@@ -96,14 +98,13 @@ def test_changing_only_optimiser_settings_leaves_targets_untouched(nodes, extrac
     with torch.inference_mode():
         st = _style(nodes, extractor, torch.rand(1, 48, 48, 3))
         ct = nodes["NST_ContentTarget"].build(extractor, torch.rand(1, 40, 40, 3), "relu3_1", 1.0)[0]
-        snapshot = {n: [t.clone() for t in v.stat] for n, v in st.targets.items()}
-        feats = ct.features.clone()
+        images = [im.clone() for im in st.images]
+        content = ct.image.clone()
         a = _optimize(nodes, extractor, content_target=ct, style_target=st, seed=1)
         b = _optimize(nodes, extractor, content_target=ct, style_target=st, seed=1, tv_weight=0.0)
     assert a.shape == b.shape
-    assert torch.equal(feats, ct.features)
-    for n, v in st.targets.items():
-        assert all(torch.equal(x, y) for x, y in zip(snapshot[n], v.stat))
+    assert torch.equal(content, ct.image)
+    assert all(torch.equal(x, y) for x, y in zip(images, st.images))
 
 
 def test_add_to_blends_two_styles(nodes, extractor):
@@ -137,8 +138,19 @@ def test_wrong_image_layout_is_a_clear_error(nodes, extractor):
         nodes["NST_ContentTarget"].build(extractor, torch.rand(40, 40, 3), "relu4_2", 1.0)
 
 
-def test_extractor_is_parked_on_the_offload_device_after_a_run(nodes, extractor):
+def test_extractor_is_parked_on_the_offload_device_after_a_run(nodes, extractor, pack, monkeypatch):
+    # on the CPU compute and offload devices are the same: a stand-in offload device makes the park observable
+    bridge = sys.modules[pack.__name__ + ".nodes.comfy_bridge"]
+    monkeypatch.setattr(bridge, "offload_device", lambda: torch.device("meta"))
+    moves = []
+    real_to = extractor.to
+
+    def to(device, *args, **kwargs):  # records the move; a move to meta really stays on the CPU
+        moves.append(torch.device(device).type)
+        return real_to("cpu" if torch.device(device).type == "meta" else device, *args, **kwargs)
+
+    monkeypatch.setitem(vars(extractor), "to", to)
     with torch.inference_mode():
         nodes["NST_ContentTarget"].build(extractor, torch.rand(1, 40, 40, 3), "relu4_2", 1.0)
-    assert extractor.device.type == "cpu"
+    assert moves and moves[0] == "cpu" and moves[-1] == "meta", moves  # to the compute device, then parked
     assert not any(p.is_inference() for p in extractor.parameters())

@@ -66,8 +66,8 @@ def test_covariance_from_moments(feats):
     mean, second = st.moments(feats)
     cov = st.covariance(mean, second, eps=0.0)
     f = feats.reshape(2, 5, -1).double()
-    want = torch.stack([torch.cov(f[k], correction=0) for k in range(2)]).float()
-    assert torch.allclose(cov, want, atol=1e-5)
+    want = torch.stack([torch.cov(f[k], correction=0) for k in range(2)])
+    assert cov.dtype == torch.float64 and torch.allclose(cov, want, atol=1e-6)
     with_eps = st.covariance(mean, second)  # default eps keeps it positive definite
     assert (torch.linalg.eigvalsh(with_eps) > 0).all()
 
@@ -132,3 +132,33 @@ def test_outer_matches_autograd_of_the_plain_product():
     (a,) = torch.autograd.grad((outer(f) * g).sum(), f)
     (b,) = torch.autograd.grad(((f @ f.transpose(1, 2)) * g).sum(), f)
     assert torch.allclose(a, b)
+
+
+def test_centred_moments_merge_chunks_exactly():
+    """Chan's pairwise merge over chunks of positions gives the one-pass result."""
+    f = torch.randn(2, 6, 1000, dtype=torch.float64) * 3 + 5
+    whole = st.centred_moments(f, chunk_elements=1 << 20)
+    chunked = st.centred_moments(f, chunk_elements=2 * 6 * 37)  # 37 positions a chunk, uneven last chunk
+    for a, b in zip(whole, chunked):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_weighted_centred_moments_equal_the_moments_of_the_weighted_positions():
+    f = torch.randn(1, 4, 300, dtype=torch.float64)
+    w = torch.zeros(1, 1, 300, dtype=torch.float64)
+    w[..., 100:200] = 1.0
+    mean, cov, mass = st.centred_moments(f, w, chunk_elements=4 * 64)
+    inside = f[..., 100:200]
+    assert float(mass) == 100
+    assert torch.allclose(mean, inside.mean(-1)) and torch.allclose(cov[0], torch.cov(inside[0], correction=0))
+
+
+def test_the_covariance_keeps_its_small_eigenvalues_when_the_mean_is_large():
+    """fp32 features with a large mean and tiny spread: F·Fᵀ/N − μμᵀ in fp32 would cancel every digit."""
+    gen = torch.Generator().manual_seed(0)
+    f = (1000.0 + 1e-2 * torch.randn(1, 3, 4096, generator=gen)).float()
+    _, cov, _ = st.centred_moments(f)
+    want = torch.cov(f[0].double(), correction=0)
+    naive = (f @ f.transpose(-1, -2) / f.shape[-1] - f.mean(-1).unsqueeze(-1) * f.mean(-1).unsqueeze(-2))[0]
+    assert torch.allclose(cov[0], want, rtol=1e-6, atol=1e-12)
+    assert (naive.double() - want).abs().max() > 100 * (cov[0] - want).abs().max()

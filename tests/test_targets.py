@@ -13,12 +13,17 @@ from nst_core import statistics as st
 from nst_core.image import resize
 
 LAYERS = ("relu1_1", "relu2_1", "relu3_1")
+EXT = []  # the random extractor, for assert_same_targets (set by the autouse fixture below)
 
 
-def style_tensors(target: StyleTarget):
-    for layer_style in target.targets.values():
+@pytest.fixture(autouse=True)
+def _remember_extractor(rand_ext):
+    EXT[:] = [rand_ext]
+
+
+def style_tensors(target: StyleTarget, ext):
+    for layer_style in target.at_size(ext, 32).values():
         yield from layer_style.stat
-        yield layer_style.norm
         if layer_style.cov_sqrt is not None:
             yield layer_style.cov_sqrt
     yield from target.images
@@ -26,15 +31,15 @@ def style_tensors(target: StyleTarget):
 
 def assert_same_targets(a: "StyleTarget | dict", b: "StyleTarget | dict", atol: float = 1e-5) -> None:
     """Same per-layer statistics; takes StyleTargets or their ``{layer: LayerStyle}`` dicts."""
-    a = a.targets if isinstance(a, StyleTarget) else a
-    b = b.targets if isinstance(b, StyleTarget) else b
+    a = a.at_size(EXT[0], 32) if isinstance(a, StyleTarget) else a
+    b = b.at_size(EXT[0], 32) if isinstance(b, StyleTarget) else b
     assert a.keys() == b.keys()
     for n in a:
         ta, tb = a[n], b[n]
         assert len(ta.stat) == len(tb.stat)
         for x, y in zip(ta.stat, tb.stat):
             assert torch.allclose(x, y, atol=atol, rtol=1e-4), n
-        assert torch.allclose(ta.norm, tb.norm, rtol=1e-4)
+        assert ta.norm == pytest.approx(tb.norm, rel=1e-4)
 
 
 # --------------------------------------------------------------------------- values without a graph
@@ -43,9 +48,9 @@ def assert_same_targets(a: "StyleTarget | dict", b: "StyleTarget | dict", atol: 
 def test_content_target_holds_no_graph(rand_ext, images):
     img = images.gradient(32, 32).requires_grad_(True)
     c = ContentTarget.create(rand_ext, img, "relu2_1")
-    for t in (c.features, c.image):
+    for t in (c.at_size(rand_ext, c.size), c.image):
         assert not t.requires_grad and t.grad_fn is None
-    assert c.features.shape == (1, 128, 16, 16)
+    assert c.at_size(rand_ext, c.size).shape == (1, 128, 16, 16)
     assert c.size == (32, 32)
     assert c.extractor_signature == rand_ext.signature
 
@@ -54,7 +59,7 @@ def test_content_target_holds_no_graph(rand_ext, images):
 def test_style_target_holds_no_graph(rand_ext, images, statistic):
     img = images.checkerboard(32, 32).requires_grad_(True)
     s = StyleTarget.create(rand_ext, img, LAYERS, statistic=statistic)
-    tensors = list(style_tensors(s))
+    tensors = list(style_tensors(s, rand_ext))
     assert len(tensors) > len(LAYERS)
     for t in tensors:
         assert not t.requires_grad and t.grad_fn is None
@@ -67,7 +72,7 @@ def test_targets_are_frozen(rand_ext, images):
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.weight = 2.0
     with pytest.raises(dataclasses.FrozenInstanceError):
-        c.features = torch.zeros(1)
+        c.image = torch.zeros(1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.statistic = "gram"
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -79,11 +84,10 @@ def test_to_returns_a_new_object(rand_ext, images):
     c2 = c.to("cpu")
     assert c2 is not c and isinstance(c2, ContentTarget)
     assert c2.weight == 0.5 and c2.layer == "relu2_1"
-    assert torch.equal(c2.features, c.features)
+    assert torch.equal(c2.at_size(rand_ext, c.size), c.at_size(rand_ext, c.size))
     s = StyleTarget.create(rand_ext, images.checkerboard(32, 32), LAYERS, statistic="moments")
     s2 = s.to("cpu")
     assert s2 is not s and isinstance(s2, StyleTarget)
-    assert s2.targets is not s.targets
     assert_same_targets(s, s2, atol=0)
 
 
@@ -152,7 +156,7 @@ def test_a_batch_of_two_equals_blending_the_two(rand_ext, images, statistic):
     fa = rand_ext(a, ["relu2_1"])["relu2_1"]
     fb = rand_ext(b, ["relu2_1"])["relu2_1"]
     want = st.blend([st.compute(statistic, fa), st.compute(statistic, fb)], [1, 1])
-    for got, w in zip(batch.targets["relu2_1"].stat, want):
+    for got, w in zip(batch.at_size(rand_ext, 32)["relu2_1"].stat, want):
         assert torch.allclose(got, w, atol=1e-5, rtol=1e-4)
 
 
@@ -164,12 +168,13 @@ def test_blend_with_a_weight_gives_the_weighted_statistics(rand_ext, images, sta
     mixed = ta.blend(tb, weight=3.0)
     assert mixed.blend_weights == (1.0, 3.0) and len(mixed.images) == 2
     assert len(ta.images) == 1 and ta.blend_weights == (1.0,)  # the original is untouched
+    ta_, tb_, mixed_ = (t.at_size(rand_ext, 32) for t in (ta, tb, mixed))
     for n in LAYERS:
-        want = st.blend([ta.targets[n].stat, tb.targets[n].stat], [1.0, 3.0])
-        for got, w in zip(mixed.targets[n].stat, want):
+        want = st.blend([ta_[n].stat, tb_[n].stat], [1.0, 3.0])
+        for got, w in zip(mixed_[n].stat, want):
             assert torch.allclose(got, w, atol=1e-6)
         # not simply one of the two
-        assert not torch.allclose(mixed.targets[n].stat[-1], ta.targets[n].stat[-1])
+        assert not torch.allclose(mixed_[n].stat[-1], ta_[n].stat[-1])
     assert_same_targets(mixed, StyleTarget.create(rand_ext, [a, b], LAYERS, statistic=statistic,
                                                   blend_weights=[1, 3]))
     # the blend is also what the optimiser sees at other sizes
@@ -184,7 +189,7 @@ def test_differently_sized_style_images(rand_ext, images):
     s = StyleTarget.create(rand_ext, [images.checkerboard(32, 48), images.stripes(40, 24)], LAYERS,
                            blend_weights=[2, 1])
     assert [tuple(im.shape[-2:]) for im in s.images] == [(32, 48), (40, 24)]
-    assert s.targets["relu3_1"].stat[1].shape == (1, 256, 256)
+    assert s.at_size(rand_ext, 48)["relu3_1"].stat[1].shape == (1, 256, 256)
 
 
 def test_layer_weights_are_normalised(rand_ext, images):
@@ -198,7 +203,8 @@ def test_layer_weights_are_normalised(rand_ext, images):
 
 def test_content_at_size(rand_ext, images):
     c = ContentTarget.create(rand_ext, images.gradient(48, 64), "relu2_1")
-    assert torch.equal(c.at_size(rand_ext, (48, 64)), c.features)
+    full = rand_ext(c.image, ["relu2_1"])["relu2_1"]
+    assert torch.allclose(c.at_size(rand_ext, (48, 64)), full, atol=1e-6)
     small = c.at_size(rand_ext, (24, 32))
     assert small.shape == (1, 128, 12, 16)
     want = rand_ext(resize(c.image, (24, 32)), ["relu2_1"])["relu2_1"]
