@@ -7,7 +7,7 @@ exercised by unit tests without a server.
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 
@@ -66,25 +66,41 @@ def output_device() -> torch.device:
 
 
 def make_room(num_bytes: int, device: torch.device) -> None:
-    """Ask ComfyUI to evict its managed models so ``num_bytes`` fit on ``device``."""
-    if _mm is not None and device.type != "cpu":
-        _mm.free_memory(num_bytes, device)
+    """Ask ComfyUI to offload its managed models (diffusion models, …) until ``num_bytes`` fit on ``device``."""
+    if _mm is not None:
+        _mm.free_memory(int(num_bytes), device)
+
+
+def free_bytes(device: torch.device) -> Optional[int]:
+    """Memory ComfyUI reports free on ``device`` (None without ComfyUI: no plan is made then)."""
+    if _mm is None:
+        return None
+    return int(_mm.get_free_memory(device))
 
 
 def empty_cache() -> None:
-    """Give cached accelerator memory back (no-op on CPU)."""
+    """Give cached accelerator memory back, through ComfyUI (no-op without it, and on the CPU)."""
     if _mm is not None:
         _mm.soft_empty_cache()
-    elif torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
-def oom_errors() -> Tuple[type, ...]:
-    """Exception types that mean 'out of memory'."""
+def is_oom(exc: BaseException) -> bool:
+    """True for an out-of-memory error of any backend (CUDA/ROCm, MPS, DirectML, XPU) or of ComfyUI's type."""
     types = [torch.cuda.OutOfMemoryError]
-    if _mm is not None and getattr(_mm, "OOM_EXCEPTION", None) is not None:
-        types.append(_mm.OOM_EXCEPTION)
-    return tuple(types)
+    oom = getattr(_mm, "OOM_EXCEPTION", None) if _mm is not None else None
+    if isinstance(oom, type) and oom is not Exception:
+        types.append(oom)
+    if isinstance(exc, tuple(types)):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def oom_exception(message: str) -> BaseException:
+    """ComfyUI's own out-of-memory exception type carrying ``message``, so its OOM recovery runs."""
+    oom = getattr(_mm, "OOM_EXCEPTION", None) if _mm is not None else None
+    if isinstance(oom, type) and issubclass(oom, BaseException) and oom is not Exception:
+        return oom(message)
+    return torch.cuda.OutOfMemoryError(message)
 
 
 def check_interrupt() -> bool:
@@ -94,7 +110,7 @@ def check_interrupt() -> bool:
     return False
 
 
-class Progress:
+class ProgressBar:
     """ComfyUI's progress bar with optional live JPEG previews (created inside the node call)."""
 
     def __init__(self, total: int) -> None:

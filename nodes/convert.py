@@ -28,11 +28,12 @@ def nst_to_image(image: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def extractor_on(extractor: Extractor, device: torch.device) -> Iterator[Extractor]:
-    """Move the shared extractor to ``device`` for the duration of a node call, then park it again."""
-    if not isinstance(extractor, Extractor):
-        raise TypeError(f"extractor must come from a Load VGG Extractor node; got {type(extractor).__name__}")
-    param_bytes = sum(p.numel() * p.element_size() for p in extractor.parameters())
-    bridge.make_room(param_bytes * 2, device)
+    """Move the shared extractor to ``device`` for the duration of a node call, then park it again.
+
+    The memory for the run is asked for beforehand (see :func:`plan_run`); afterwards the network
+    goes back to ComfyUI's offload device and the cache is emptied through ComfyUI, also on errors.
+    """
+    check_extractor(extractor)
     try:
         with torch.inference_mode(False):
             extractor.to(device)
@@ -41,3 +42,21 @@ def extractor_on(extractor: Extractor, device: torch.device) -> Iterator[Extract
         with torch.inference_mode(False):
             extractor.to(bridge.offload_device())
         bridge.empty_cache()
+
+
+def check_extractor(extractor: object) -> Extractor:
+    """The extractor input, or a clear error naming what was linked instead."""
+    if not isinstance(extractor, Extractor):
+        raise TypeError(f"extractor must come from a Load VGG Extractor node; got {type(extractor).__name__}")
+    return extractor
+
+
+@contextlib.contextmanager
+def oom_advice(advice: str) -> Iterator[None]:
+    """Re-raise any backend's out-of-memory error as ComfyUI's OOM type, with ``advice`` attached."""
+    try:
+        yield
+    except Exception as exc:
+        if not bridge.is_oom(exc):
+            raise
+        raise bridge.oom_exception(f"{advice} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc

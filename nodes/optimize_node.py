@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from ..nst_core.image import to_pil
-from ..nst_core.optimize import optimize
-from ..nst_core.presets import DEFAULT_PRESET, INITS, PRESETS, get_preset
+from ..nst_core.memory import estimate_bytes, plan_memory, required_bytes
+from ..nst_core.optimize import check_max_size, optimize, output_size, style_regions, validate_settings
+from ..nst_core.presets import DEFAULT_PRESET, INITS, PRESETS, settings_for
 from . import comfy_bridge as bridge
 from .common import CATEGORY, CONTENT_TARGET, EXTRACTOR, STYLE_TARGET
-from .convert import extractor_on, image_to_nst, nst_to_image
+from .convert import check_extractor, extractor_on, image_to_nst, nst_to_image, oom_advice
 
 AUTO = "auto"
 MAX_SIZE = 4096
+
+
+def schedule_tooltip() -> str:
+    """What each schedule sets (the optimiser and the pyramid; the loss weights follow the style target)."""
+    def one(p) -> str:
+        s = p.settings
+        scales = "one scale" if s.min_size >= 1 << 20 else f"pyramid from {s.pyramid_start:g}× the size"
+        first = f", {s.first_steps} at the first scale" if s.first_steps else ""
+        return f"{p.name}: {s.optimizer}, {s.steps} steps a scale{first}, {scales}"
+    return ("How the image is optimised. " + " | ".join(one(p) for p in PRESETS.values()) +
+            ". The content/style weights are those calibrated for the style target's statistic.")
 
 
 class StyleTransferOptimizeNode:
@@ -30,26 +44,23 @@ class StyleTransferOptimizeNode:
         return {
             "required": {
                 "extractor": (EXTRACTOR, {"tooltip": "The same extractor the targets were built with."}),
-                "preset": (sorted(PRESETS), {
-                    "default": DEFAULT_PRESET,
-                    "tooltip": " | ".join(f"{p.name}: {p.description}" for p in PRESETS.values()),
-                }),
+                "schedule": (list(PRESETS), {"default": DEFAULT_PRESET, "tooltip": schedule_tooltip()}),
                 "steps": ("INT", {
                     "default": 0, "min": 0, "max": 10000,
-                    "tooltip": "Iterations at each pyramid scale (the smallest scale gets more, in the preset's "
-                               "ratio); 0 = the preset's. On a CPU keep size and steps small.",
+                    "tooltip": "Iterations at each pyramid scale (the smallest scale gets more, in the schedule's "
+                               "ratio); 0 = the schedule's. On a CPU keep size and steps small.",
                 }),
                 "content_weight": ("FLOAT", {
                     "default": 1.0, "min": 0.0, "max": 1000.0, "step": 0.05,
-                    "tooltip": "Multiplies the preset's content weight: higher keeps more of the photo.",
+                    "tooltip": "Multiplies the calibrated content weight: higher keeps more of the photo.",
                 }),
                 "style_weight": ("FLOAT", {
                     "default": 1.0, "min": 0.0, "max": 1000.0, "step": 0.05,
-                    "tooltip": "Multiplies the preset's style weight: higher paints more strongly.",
+                    "tooltip": "Multiplies the calibrated style weight: higher paints more strongly.",
                 }),
                 "tv_weight": ("FLOAT", {
                     "default": 1.0, "min": 0.0, "max": 1000.0, "step": 0.05,
-                    "tooltip": "Multiplies the preset's smoothness weight: higher removes speckle, 0 turns it off.",
+                    "tooltip": "Multiplies the schedule's smoothness weight: higher removes speckle, 0 turns it off.",
                 }),
                 "size": ("INT", {
                     "default": 512, "min": 0, "max": MAX_SIZE, "step": 8,
@@ -61,38 +72,44 @@ class StyleTransferOptimizeNode:
                     "tooltip": "Start image when no init_image is linked. auto: the content image, or noise "
                                "for a pure texture.",
                 }),
-                "seed": ("INT", {
-                    "default": 0, "min": 0, "max": 0xFFFFFFFF, "control_after_generate": True,
-                    "tooltip": "Seed of the noise/gray start image (same seed, same result on CPU).",
+                "init_seed": ("INT", {
+                    "default": 0, "min": 0, "max": 0xFFFFFFFF,
+                    "tooltip": "Seed of the noise/gray start image (same seed, same result). It does nothing "
+                               "when the run starts from the content image.",
                 }),
             },
             "optional": {
                 "content_target": (CONTENT_TARGET, {"tooltip": "From Content Target (optional)."}),
-                "style_target": (STYLE_TARGET, {"tooltip": "From Gram Style Target (optional)."}),
+                "style_target": (STYLE_TARGET, {"tooltip": "From Gram Style Target (optional; chained masked "
+                                                           "targets give one style per region)."}),
                 "init_image": ("IMAGE", {"tooltip": "Start from this image instead (resized to the output)."}),
             },
         }
 
-    def run(self, extractor, preset, steps, content_weight, style_weight, tv_weight, size, init, seed,
+    def run(self, extractor, schedule, steps, content_weight, style_weight, tv_weight, size, init, init_seed,
             content_target=None, style_target=None, init_image=None):
         if content_target is None and style_target is None:
             raise ValueError("Style Transfer Optimize needs a content_target, a style_target, or both; link one")
-        p = get_preset(preset)
-        s = p.settings
-        settings = s.replace(
+        check_extractor(extractor)
+        regions = style_regions(style_target)
+        statistic = regions[0].statistic if regions else None
+        base = settings_for(schedule, statistic)
+        settings = base.replace(
             steps=steps or None,
-            content_weight=s.content_weight * content_weight,
-            style_weight=s.style_weight * style_weight,
-            tv_weight=s.tv_weight * tv_weight,
-            seed=seed,
+            content_weight=base.content_weight * content_weight,
+            style_weight=base.style_weight * style_weight,
+            tv_weight=base.tv_weight * tv_weight,
+            seed=init_seed,
         )
         settings = settings.replace(preview_every=max(1, min(20, settings.steps // 5)))
+        validate_settings(settings)
         start = image_to_nst(init_image, "init_image") if init_image is not None else (
             "noise" if init == AUTO and content_target is None else ("content" if init == AUTO else init))
         device = bridge.compute_device()
-        progress = bridge.Progress(1)
+        settings = self.fit_memory(extractor, settings, content_target, regions, start, size, device)
+        progress = bridge.ProgressBar(1)
 
-        def on_progress(info):
+        def on_progress(info):  # reads no losses: the bar shows none, and reading them syncs the device
             progress.total = info.total
             progress.update(info.step)
 
@@ -100,14 +117,25 @@ class StyleTransferOptimizeNode:
             pil = to_pil(image[0])
             progress.update(step, pil, min(512, max(pil.size)))
 
-        try:
-            with extractor_on(extractor, device) as ext:
-                out = optimize(ext, content_target, style_target, start, settings, size or None,
-                               on_progress, on_preview, bridge.check_interrupt)
-        except bridge.oom_errors():
-            bridge.empty_cache()
-            raise RuntimeError(
-                f"out of memory at size {size or 'native'} on {device}; lower 'size' (time and memory grow "
-                "with its square) or run ComfyUI with --cpu"
-            ) from None
+        advice = (f"out of memory at size {size or 'native'} on {device}; lower 'size' (time and memory grow "
+                  "with its square), or run ComfyUI with --cpu")
+        with oom_advice(advice), extractor_on(extractor, device) as ext:
+            out = optimize(ext, content_target, regions, start, settings, size or None,
+                           on_progress, on_preview, bridge.check_interrupt)
         return (nst_to_image(out),)
+
+    @staticmethod
+    def fit_memory(extractor, settings, content, regions, start, size: int, device):
+        """Ask ComfyUI for the run's memory; switch on checkpointing, or refuse with a size that fits."""
+        hw = output_size(content, start, size or None)
+        check_max_size(hw, settings.max_size)
+        layers = [n for t in regions for n in t.layers] + ([content.layer] if content is not None else [])
+        style_layers = [n for t in regions for n in t.layers]
+        batch = content.image.shape[0] if content is not None else 1
+        statistic = regions[0].statistic if regions else "gram"
+        need = required_bytes(estimate_bytes(hw, layers, settings, batch, extractor.arch, statistic, style_layers))
+        bridge.make_room(need, device)
+        free: Optional[int] = bridge.free_bytes(device)
+        if free is None:
+            return settings
+        return plan_memory(hw, layers, settings, free, batch, extractor.arch, statistic, style_layers)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
+from dataclasses import replace
 from typing import List, Optional
 
 from ..nst_core.layers import layer_names, parse_layers
 from ..nst_core.presets import DEFAULT_PRESET, get_preset
 from ..nst_core.statistics import STATISTICS
+from ..nst_core.optimize import style_regions
 from ..nst_core.targets import ContentTarget, StyleTarget
-from . import comfy_bridge as bridge
 from .common import CATEGORY, CONTENT_TARGET, EXTRACTOR, STYLE_TARGET, check_choices
-from .convert import extractor_on, image_to_nst
+from .convert import check_extractor, image_to_nst
 
 CUSTOM = "custom (use custom_layers)"
 LAYER_SETS = {
@@ -57,16 +57,23 @@ class ContentTargetNode:
                 }),
                 "weight": ("FLOAT", {
                     "default": 1.0, "min": 0.0, "max": 1000.0, "step": 0.05,
-                    "tooltip": "Multiplies the preset's content weight: higher keeps more of the photo.",
+                    "tooltip": "Multiplies the calibrated content weight: higher keeps more of the photo.",
                 }),
-            }
+            },
+            "optional": {
+                "mask": ("MASK", {"tooltip": "Content strength: white holds the content harder (a face, say); "
+                                             "resized to the output."}),
+                "mask_strength": ("FLOAT", {
+                    "default": 4.0, "min": 0.0, "max": 100.0, "step": 0.5,
+                    "tooltip": "Where the mask is white the content loss counts 1 + this many times as much.",
+                }),
+            },
         }
 
-    def build(self, extractor, image, layer, weight):
+    def build(self, extractor, image, layer, weight, mask=None, mask_strength=4.0):
+        # validation only: the activations are computed by the optimiser, at the sizes it needs
         img = image_to_nst(image, "content image")
-        with _oom_advice(img, "content"):
-            with extractor_on(extractor, bridge.compute_device()) as ext:
-                target = ContentTarget.create(ext, img, layer, weight)
+        target = ContentTarget.create(check_extractor(extractor), img, layer, weight, mask, mask_strength)
         return (target.to("cpu"),)
 
 
@@ -113,48 +120,51 @@ class GramStyleTargetNode:
                 }),
             },
             "optional": {
-                "add_to": (STYLE_TARGET, {"tooltip": "Another style target to blend this one into."}),
+                "add_to": (STYLE_TARGET, {"tooltip": "Another style target: without masks the two blend (they must "
+                                                     "share layers, weights, statistic and scale); with a mask on "
+                                                     "either, each paints its own region."}),
                 "blend_weight": ("FLOAT", {
                     "default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05,
-                    "tooltip": "Weight of this node's image(s) relative to add_to's (1 = equal mix).",
+                    "tooltip": "Weight of this node's image(s) relative to add_to's (1 = equal mix; for a "
+                               "masked region, the region's style strength).",
                 }),
+                "mask": ("MASK", {"tooltip": "Region of the output this style paints (white); resized to the "
+                                             "output. Chain masked targets through add_to for one style per region."}),
             },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, **kwargs):
+    def VALIDATE_INPUTS(cls, layers, custom_layers, layer_weights):
+        # named arguments only: ComfyUI keeps its own range checks for every other input
         try:
-            check_choices(cls, kwargs)
-            resolve_layers(kwargs.get("layers"), kwargs.get("custom_layers"), kwargs.get("layer_weights"))
+            check_choices(cls, {"layers": layers})
+            resolve_layers(layers, custom_layers, layer_weights)
         except ValueError as exc:
             return str(exc)
         return True
 
     def build(self, extractor, image, layers, custom_layers, layer_weights, statistic, style_scale,
-              add_to=None, blend_weight=1.0):
+              add_to=None, blend_weight=1.0, mask=None):
+        # validation only: the statistics are computed by the optimiser, at the sizes it needs
         names, weights = resolve_layers(layers, custom_layers, layer_weights)
         img = image_to_nst(image, "style image")
-        with _oom_advice(img, "style"):
-            with extractor_on(extractor, bridge.compute_device()) as ext:
-                target = StyleTarget.create(ext, img, names, weights, statistic, None, style_scale)
-        target = target.to("cpu")
-        if add_to is not None:
-            target = add_to.blend(target, blend_weight)
-        return (target,)
+        target = StyleTarget.create(check_extractor(extractor), img, names, weights, statistic, None,
+                                    style_scale, mask=mask).to("cpu")
+        return (combine_styles(add_to, target, blend_weight),)
 
 
-@contextlib.contextmanager
-def _oom_advice(img, what: str):
-    """Turn out-of-memory while capturing a target into advice (as Style Transfer Optimize does)."""
-    try:
-        yield
-    except bridge.oom_errors():
-        bridge.empty_cache()
-        h, w = img.shape[-2:]
-        raise RuntimeError(
-            f"out of memory capturing the {what} target of a {w}×{h} image; use a smaller image (e.g. "
-            "Upscale Image to a smaller size first) or run ComfyUI with --cpu"
-        ) from None
+def combine_styles(existing, new: StyleTarget, weight: float):
+    """``add_to`` + this node's target: a blend when neither has a mask, else one more region."""
+    if existing is None:
+        return new
+    regions = style_regions(existing)
+    if new.mask is None:
+        unmasked = [i for i, r in enumerate(regions) if r.mask is None]
+        if unmasked:  # blend into the one unmasked style
+            i = unmasked[0]
+            merged = regions[:i] + (regions[i].blend(new, weight),) + regions[i + 1 :]
+            return merged[0] if len(merged) == 1 else merged
+    return regions + (replace(new, weight=new.weight * weight),)
 
 
 def resolve_layers(layers, custom_layers, layer_weights):

@@ -1,19 +1,19 @@
-"""The ``nst`` command: ``transfer``, ``reconstruct`` and ``texture`` (also ``python -m nst_core``)."""
+"""The ``nst`` command: ``transfer``, ``reconstruct``, ``texture`` and ``frames`` (also ``python -m nst_core``)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
-from .extractor import load_extractor
+from .extractor import PADDINGS, POOLINGS, load_extractor
 from .image import load_image, save_image
 from .layers import parse_layers
 from .optimize import Cancelled, Progress
-from .presets import DEFAULT_PRESET, INITS, OPTIMIZERS, PRESETS
+from .presets import DEFAULT_PRESET, INITS, OPTIMIZERS, PRESETS, get_preset
 from .statistics import STATISTICS
 from .transfer import reconstruct, texture, transfer
 
@@ -43,7 +43,9 @@ def _common(p: argparse.ArgumentParser, default_init: str) -> None:
     p.add_argument("--weights", default="original",
                    help="'original' (bundled VGG19), 'random', or a torchvision-layout .pth/.safetensors file")
     p.add_argument("--arch", choices=("vgg19", "vgg16"), default="vgg19", help="network architecture")
-    p.add_argument("--pooling", choices=("max", "avg"), default="max", help="pooling layers")
+    p.add_argument("--pooling", choices=POOLINGS, default="max", help="pooling layers")
+    p.add_argument("--edge-padding", choices=PADDINGS, default="replicate",
+                   help="padding of the first convolution (replicate reduces dark or bright borders)")
     p.add_argument("--seed", type=int, default=0, help="random seed (noise init)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     p.add_argument("--save-every", type=_positive_int, metavar="N", help="also save the image every N steps")
@@ -53,6 +55,29 @@ def _common(p: argparse.ArgumentParser, default_init: str) -> None:
     p.add_argument("--bf16", action="store_true",
                    help="run the network in bfloat16 (CUDA, or a CPU with native bf16 such as AMX); losses stay fp32")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _style_layer_weights(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--style-layer-weights", type=_nonneg_float, nargs="+", metavar="W",
+                   help="one weight per style layer (default: the preset's for its layers, equal otherwise)")
+
+
+def style_layers_and_weights(args: argparse.Namespace) -> Tuple[List[str], Optional[List[float]]]:
+    """The style layers and their weights a ``transfer``/``texture`` command line means.
+
+    As in the Gram Style Target node: without ``--style-layer-weights``, the preset's layers get the
+    preset's weights (also when named explicitly), other layers equal weights.
+    """
+    preset = get_preset(args.preset)
+    layers = (parse_layers(args.style_layers, args.arch) if args.style_layers is not None
+              else list(preset.style_layers))
+    weights = args.style_layer_weights
+    if weights is None and tuple(layers) == tuple(preset.style_layers) and preset.style_layer_weights:
+        weights = list(preset.style_layer_weights)
+    if weights is not None and len(weights) != len(layers):
+        raise ValueError(f"--style-layer-weights has {len(weights)} number(s) for {len(layers)} style layers "
+                         f"({','.join(layers)}); give one weight per layer")
+    return layers, weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--style-scale", type=float, default=1.0, help="style features scale relative to the output")
     t.add_argument("--content-layer", help="layer whose activations are the content target (e.g. relu4_2)")
     t.add_argument("--style-layers", help="comma list of style layers (e.g. relu1_1,relu2_1,relu3_1)")
+    _style_layer_weights(t)
     t.add_argument("--statistic", choices=STATISTICS)
     _common(t, "content")
 
@@ -83,9 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET)
     x.add_argument("--style-blend", type=_nonneg_float, nargs="+", metavar="W")
     x.add_argument("--style-scale", type=float, default=1.0)
-    x.add_argument("--style-layers")
+    x.add_argument("--style-layers", help="comma list of style layers (e.g. relu1_1,relu2_1,relu3_1)")
+    _style_layer_weights(x)
     x.add_argument("--statistic", choices=STATISTICS)
     _common(x, "noise")
+
+    from .cli_frames import add_frames_parser, add_ray_options  # frames, folders and --ray
+
+    add_ray_options(t, frames=False)
+    add_frames_parser(sub, _common, _style_layer_weights)
     return parser
 
 
@@ -144,8 +176,13 @@ def _init_arg(value: str, size: int):
 
 def run(args: argparse.Namespace) -> None:
     """Execute a parsed ``nst`` command line."""
+    from . import cli_frames
+
+    if cli_frames.handles(args):  # frames, a folder of images, or --ray
+        return cli_frames.run(args)
     device = pick_device(args.device)
-    ext = load_extractor(args.arch, args.weights, args.pooling, device=device)
+    layers, weights = style_layers_and_weights(args) if args.command != "reconstruct" else (None, None)
+    ext = load_extractor(args.arch, args.weights, args.pooling, args.edge_padding, device=device)
     rep = _Reporter(args.quiet, args.save_every, args.output)
     settings = dict(steps=args.steps, optimizer=args.optimizer, tv_weight=args.tv_weight, seed=args.seed,
                     preview_every=args.save_every or 0, checkpoint=args.checkpoint or None,
@@ -156,8 +193,7 @@ def run(args: argparse.Namespace) -> None:
         if args.command == "transfer":
             content = load_image(args.content, args.size)
             styles = [load_image(s) for s in args.styles]
-            layers = parse_layers(args.style_layers, args.arch) if args.style_layers is not None else None
-            out = transfer(ext, content, styles, args.preset, None, args.content_layer, layers, None,
+            out = transfer(ext, content, styles, args.preset, None, args.content_layer, layers, weights,
                            args.statistic, args.style_blend, args.style_scale, init,
                            content_weight=args.content_weight, style_weight=args.style_weight,
                            **callbacks, **settings)
@@ -167,28 +203,70 @@ def run(args: argparse.Namespace) -> None:
                               **{k: v for k, v in settings.items() if k != "steps"})
         else:
             styles = [load_image(s) for s in args.styles]
-            layers = parse_layers(args.style_layers, args.arch) if args.style_layers is not None else None
-            out = texture(ext, styles, args.preset, args.size, layers, args.statistic, args.style_blend,
-                          args.style_scale, init, **callbacks, **settings)
+            out = texture(ext, styles, args.preset, args.size, style_layers=layers, style_layer_weights=weights,
+                          statistic=args.statistic, style_blend=args.style_blend, style_scale=args.style_scale,
+                          init=init, **callbacks, **settings)
     finally:
         rep.close()
     save_image(out[:1], args.output)
 
 
+# substrings of out-of-memory messages: CUDA/ROCm/MPS/XPU ("out of memory"), the CPU allocator, DirectML
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "not enough gpu video memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` means that a backend ran out of memory (whatever the backend's exception type)."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in OOM_MESSAGES)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
+def _first_line(exc: BaseException, limit: int = 240) -> str:
+    """The first non-empty line of an exception's message (backend messages carry pages of hints)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def backend_error_message(exc: BaseException, args: argparse.Namespace) -> str:
+    """One line for a failure inside torch or a device backend, with what to try instead."""
+    device = args.device if args.device != "auto" else pick_device("auto").type
+    tries = ["--device cpu"] if device != "cpu" else []
+    tries += ["without --bf16"] if args.bf16 else []
+    tries += ["without --compile"] if args.compile else []
+    if is_out_of_memory(exc):
+        tries = [f"a smaller --size (now {args.size})"] + ([] if args.checkpoint else ["--checkpoint"]) + tries
+        return f"out of memory on {device} ({_first_line(exc)}); try {' or '.join(tries)}"
+    what = ("has no kernel for an operation" if isinstance(exc, NotImplementedError) else "failed")
+    advice = f"; try {' or '.join(tries)}" if tries else "; please report it with this message"
+    if device == "mps" and isinstance(exc, NotImplementedError):
+        advice += " (or set PYTORCH_ENABLE_MPS_FALLBACK=1)"
+    return f"the {device} backend {what} ({type(exc).__name__}: {_first_line(exc)}){advice}"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point: returns 0, or prints one line saying what to fix and returns non-zero."""
+    """Entry point: returns 0, or prints one line saying what to fix and returns non-zero.
+
+    Exit status 2: a bad input; 3: out of memory; 1: another backend failure; 130: interrupted.
+    """
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (ValueError, TypeError, FileNotFoundError, Cancelled) as exc:
-        print(f"nst: error: {exc}", file=sys.stderr)
+    except (ValueError, TypeError, OSError, Cancelled) as exc:  # bad input, unreadable/unwritable file
+        print(f"nst: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nst: interrupted", file=sys.stderr)
         return 130
-    except torch.cuda.OutOfMemoryError:
-        print("nst: error: out of GPU memory; try a smaller --size or --device cpu", file=sys.stderr)
-        return 3
+    except (RuntimeError, NotImplementedError, MemoryError) as exc:  # torch / CUDA / MPS / DirectML / …
+        print(f"nst: error: {backend_error_message(exc, args)}", file=sys.stderr)
+        return 3 if is_out_of_memory(exc) else 1
     print(args.output)
     return 0
 

@@ -8,16 +8,21 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 def load_image(path: str, long_edge: Optional[int] = None) -> torch.Tensor:
-    """Read an image file as ``[1,3,H,W]`` RGB 0..1; alpha is composited on white, gray expanded."""
+    """Read an image file as ``[1,3,H,W]`` RGB 0..1, upright; alpha is composited on white, gray expanded.
+
+    The EXIF orientation tag (set by cameras and phones) is applied, as image viewers and ComfyUI's
+    Load Image do, so the pixels are the way the photo is shown.
+    """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image not found: {path!r}")
     try:
         with Image.open(path) as im:
             im.load()
+            im = ImageOps.exif_transpose(im)  # a copy turned upright (no-op without the tag)
             if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
                 rgba = im.convert("RGBA")
                 bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Dict, Sequence, Tuple
 
+from .image import fit_long_edge
 from .layers import BLOCK_CHANNELS, layer_index, layer_names
 from .presets import Settings
 
@@ -53,7 +54,58 @@ def estimate_bytes(hw: Tuple[int, int], layers: Sequence[str], settings: Setting
     style = list(layers if style_layers is None else style_layers)
     stats = sum(4 * BLOCK_CHANNELS[int(n[4]) - 1] ** 2 for n in style)
     goals = sum(sizes[n] for n in style) * batch if statistic == "moments" else 0
-    return 4 * (weights + acts + opt + stats + goals)
+    # the float64 chunks of the centred moments (statistics.centred_moments: ≤ 2^24 elements, 3 buffers)
+    chunks = 3 * 2 * min(max(sizes[n] for n in style) * batch, 1 << 24) if style and statistic == "moments" else 0
+    return 4 * (weights + acts + opt + stats + goals + chunks)
+
+
+class DoesNotFit(ValueError):
+    """The optimisation cannot fit in the free memory, even with activation checkpointing."""
+
+
+MARGIN = 1.2  # the estimate is rough: ask for a fifth more, plus the allocator's slack below
+SLACK_BYTES = 256 * 2**20
+
+
+def plan_memory(hw: Tuple[int, int], layers: Sequence[str], settings: Settings, free_bytes: int,
+                batch: int = 1, arch: str = "vgg19", statistic: str = "moments",
+                style_layers: "Sequence[str] | None" = None) -> Settings:
+    """Settings that fit in ``free_bytes``: as given, or with activation checkpointing; else a clear error.
+
+    The error names the largest output size (long edge) that would fit, so the user can pick it.
+    """
+    def need(s: Settings, size: Tuple[int, int]) -> int:
+        return required_bytes(estimate_bytes(size, layers, s, batch, arch, statistic, style_layers))
+
+    if need(settings, hw) <= free_bytes:
+        return settings
+    light = settings.replace(checkpoint=True)
+    if need(light, hw) <= free_bytes:
+        return light
+    fits = largest_edge(lambda edge: need(light, fit_long_edge(hw, edge)) <= free_bytes, max(hw))
+    gib = 2**30
+    advice = (f"the largest that fits is about {fits} px (long edge)" if fits else
+              "not even a small image fits; free memory (close other models) or run on the CPU")
+    raise DoesNotFit(
+        f"a {hw[1]}×{hw[0]} px optimisation needs about {need(light, hw) / gib:.1f} GiB even with activation "
+        f"checkpointing, but only {free_bytes / gib:.1f} GiB is free; {advice}"
+    )
+
+
+def required_bytes(estimate: int) -> int:
+    """What to ask the memory manager for: the estimate with a margin."""
+    return int(estimate * MARGIN) + SLACK_BYTES
+
+
+def largest_edge(fits, upper: int, lower: int = 16) -> int:
+    """The largest long edge in [lower, upper) for which ``fits(edge)`` holds (0 if none): a bisection."""
+    if not fits(lower):
+        return 0
+    lo, hi = lower, upper
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
 
 
 def lbfgs_history(numel: int, requested: int, memory_mb: int) -> int:

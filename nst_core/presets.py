@@ -100,6 +100,25 @@ PRESETS: Dict[str, Preset] = {
 
 DEFAULT_PRESET = "quality"
 
+#: (content weight, style weight) calibrated for each style statistic: the presets' values for the
+#: statistic they use. A preset run with another statistic takes that statistic's pair.
+LOSS_WEIGHTS: Dict[str, Tuple[float, float]] = {
+    "moments": (0.2, 25.0),
+    "gram_normalized": (1.0, 1e3),
+    "gram": (1.0, 1e3),
+}
+
+
+def settings_for(preset: "Preset | str", statistic: Optional[str] = None) -> Settings:
+    """A preset's settings with the loss weights calibrated for ``statistic`` (default: the preset's own)."""
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    if statistic is None or statistic == p.statistic:
+        return p.settings
+    if statistic not in LOSS_WEIGHTS:
+        raise ValueError(f"statistic {statistic!r} is not supported; choose one of {sorted(LOSS_WEIGHTS)}")
+    content_weight, style_weight = LOSS_WEIGHTS[statistic]
+    return p.settings.replace(content_weight=content_weight, style_weight=style_weight)
+
 
 def get_preset(name: str) -> Preset:
     """Look a preset up by name, with a clear error listing the choices."""

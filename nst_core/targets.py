@@ -67,17 +67,13 @@ def mask_tensor(mask: Optional[torch.Tensor], name: str) -> Optional[torch.Tenso
         return None
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"{name} must be a tensor [B,H,W] in 0..1 (a ComfyUI MASK); got {type(mask).__name__}")
-    with torch.inference_mode(False):
-        m = mask.detach().clone().float()
-    if m.dim() == 2:
-        m = m[None, None]
-    elif m.dim() == 3:
-        m = m.unsqueeze(1)
-    if m.dim() != 4 or m.shape[1] != 1 or m.numel() == 0:
+    if mask.dim() not in (2, 3, 4) or (mask.dim() == 4 and mask.shape[1] != 1) or mask.numel() == 0:
         raise ValueError(f"{name} must have shape [H,W], [B,H,W] or [B,1,H,W]; got {list(mask.shape)}")
-    if not torch.isfinite(m).all():
-        raise ValueError(f"{name} contains NaN or Inf values; give values in 0..1")
-    return m.clamp(0, 1)
+    with torch.inference_mode(False):  # a normal tensor even inside ComfyUI's inference mode
+        m = mask.detach().float().clone().reshape(-1, 1, *mask.shape[-2:])
+        if not torch.isfinite(m).all():
+            raise ValueError(f"{name} contains NaN or Inf values; give values in 0..1")
+        return m.clamp(0, 1)
 
 
 def mask_at(mask: Optional[torch.Tensor], hw: Tuple[int, int], device: torch.device) -> Optional[torch.Tensor]:

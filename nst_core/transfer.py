@@ -6,6 +6,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from .color import color_init, color_inputs, color_preview, finish_colors
 from .extractor import Extractor
 from .image import as_rgb_batch, fit_long_edge, resize_long_edge
 from .layers import parse_layers
@@ -15,7 +16,9 @@ from .targets import ContentTarget, StyleTarget
 
 
 def _prepare_content(content: torch.Tensor, size: Optional[int], max_size: int) -> torch.Tensor:
-    """Validate the content image and bring it to long edge ``size``; refuse too large sizes first."""
+    """Validate the content image and bring it to long edge ``size`` (None or 0: the content's own size);
+    refuse negative and too large sizes first."""
+    check_size(size or None)
     content = as_rgb_batch(content, "content image")
     hw = tuple(content.shape[-2:])
     check_max_size(fit_long_edge(hw, size) if size else hw, max_size)
@@ -38,9 +41,19 @@ def transfer(
     progress: Optional[ProgressFn] = None,
     preview: Optional[PreviewFn] = None,
     cancel: Optional[CancelFn] = None,
+    colors: str = "style",
     **settings: Any,
 ) -> torch.Tensor:
-    """Stylise ``content`` (``[B,3,H,W]`` 0..1) with ``styles``; extra keywords override the preset's settings."""
+    """Stylise ``content`` (``[B,3,H,W]`` 0..1) with ``styles``; extra keywords override the preset's settings.
+
+    ``colors`` (``nst_core.color``): ``style`` paints with the style's colours; ``match`` first gives each
+    style image the content's colour mean and covariance; ``luminance`` is Gatys et al. 2017's
+    luminance-only transfer. We chose to *optimise* the luminance rather than only swap the channels
+    afterwards: the content and style targets are taken from gray images of the luminances, the image
+    is optimised in gray through the VGG, and the content's chroma (YCbCr Cb/Cr) is put back at the end.
+    That keeps the style's luminance statistics intact, whereas optimising in colour and swapping later
+    mixes the style's colours into the luma. Previews show the final colours.
+    """
     p = get_preset(preset)
     run_settings = p.settings.replace(**settings)
     validate_settings(run_settings)
@@ -49,9 +62,12 @@ def transfer(
     weights = style_layer_weights
     if weights is None and style_layers is None:
         weights = p.style_layer_weights
-    c = ContentTarget.create(extractor, content, content_layer or p.content_layer)
+    target_content, styles = color_inputs(colors, content, styles)
+    c = ContentTarget.create(extractor, target_content, content_layer or p.content_layer)
     s = StyleTarget.create(extractor, styles, layers, weights, statistic or p.statistic, style_blend, style_scale)
-    return optimize(extractor, c, s, init, run_settings, None, progress, preview, cancel)
+    preview = color_preview(colors, preview, content)
+    out = optimize(extractor, c, s, color_init(colors, init), run_settings, None, progress, preview, cancel)
+    return finish_colors(colors, out, content)
 
 
 def reconstruct(
@@ -80,6 +96,7 @@ def texture(
     preset: str = DEFAULT_PRESET,
     size: int = 512,
     style_layers: "Optional[str | Sequence[str]]" = None,
+    style_layer_weights: Optional[Sequence[float]] = None,
     statistic: Optional[str] = None,
     style_blend: Optional[Sequence[float]] = None,
     style_scale: float = 1.0,
@@ -95,7 +112,9 @@ def texture(
     validate_settings(run_settings)
     check_size(size)
     check_max_size((size, size), run_settings.max_size)
-    weights = p.style_layer_weights if style_layers is None else None
+    weights = style_layer_weights
+    if weights is None and style_layers is None:
+        weights = p.style_layer_weights
     s = StyleTarget.create(extractor, styles, p.style_layers if style_layers is None else style_layers, weights,
                            statistic or p.statistic, style_blend, style_scale)
     return optimize(extractor, None, s, init, run_settings, size, progress, preview, cancel)

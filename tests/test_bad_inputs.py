@@ -126,8 +126,8 @@ def node_style(nodes, ext, image, **kw):
 
 
 def node_optimize(nodes, ext, **kw):
-    args = dict(preset="fast", steps=2, content_weight=1.0, style_weight=1.0, tv_weight=1.0, size=32,
-                init="auto", seed=0)
+    args = dict(schedule="fast", steps=2, content_weight=1.0, style_weight=1.0, tv_weight=1.0, size=32,
+                init="auto", init_seed=0)
     args.update(kw)
     with torch.inference_mode():
         return nodes["NST_StyleTransferOptimize"].run(ext, **args)[0]
@@ -386,8 +386,8 @@ def test_zero_steps_in_the_node(nodes, pext, images):
     with no_forward(pext):
         with raises(ValueError, "steps must be at least 1; got -1"):
             node_optimize(nodes, pext, content_target=ct, steps=-1)
-    # in the node 0 means "the preset's": it runs
-    assert node_optimize(nodes, pext, content_target=ct, steps=0, preset="fast", size=16).shape == (1, 16, 16, 3)
+    # in the node 0 means "the schedule's": it runs
+    assert node_optimize(nodes, pext, content_target=ct, steps=0, schedule="fast", size=16).shape == (1, 16, 16, 3)
 
 
 # --------------------------------------------------------------------------- 10. size above max_size

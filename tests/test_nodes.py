@@ -27,8 +27,8 @@ def _style(nodes, ext, image, **kw):
 
 
 def _optimize(nodes, ext, **kw):
-    args = dict(preset="fast", steps=2, content_weight=1.0, style_weight=1.0, tv_weight=1.0, size=48,
-                init="auto", seed=0)
+    args = dict(schedule="fast", steps=2, content_weight=1.0, style_weight=1.0, tv_weight=1.0, size=48,
+                init="auto", init_seed=0)
     args.update(kw)
     return nodes["NST_StyleTransferOptimize"].run(ext, **args)[0]
 
@@ -100,8 +100,8 @@ def test_changing_only_optimiser_settings_leaves_targets_untouched(nodes, extrac
         ct = nodes["NST_ContentTarget"].build(extractor, torch.rand(1, 40, 40, 3), "relu3_1", 1.0)[0]
         images = [im.clone() for im in st.images]
         content = ct.image.clone()
-        a = _optimize(nodes, extractor, content_target=ct, style_target=st, seed=1)
-        b = _optimize(nodes, extractor, content_target=ct, style_target=st, seed=1, tv_weight=0.0)
+        a = _optimize(nodes, extractor, content_target=ct, style_target=st, init_seed=1)
+        b = _optimize(nodes, extractor, content_target=ct, style_target=st, init_seed=1, tv_weight=0.0)
     assert a.shape == b.shape
     assert torch.equal(content, ct.image)
     assert all(torch.equal(x, y) for x, y in zip(images, st.images))
@@ -151,6 +151,110 @@ def test_extractor_is_parked_on_the_offload_device_after_a_run(nodes, extractor,
 
     monkeypatch.setitem(vars(extractor), "to", to)
     with torch.inference_mode():
-        nodes["NST_ContentTarget"].build(extractor, torch.rand(1, 40, 40, 3), "relu4_2", 1.0)
+        ct = nodes["NST_ContentTarget"].build(extractor, torch.rand(1, 40, 40, 3), "relu4_2", 1.0)[0]
+        assert moves == []  # a target node only validates: the network stays where it is
+        _optimize(nodes, extractor, content_target=ct, size=32)
     assert moves and moves[0] == "cpu" and moves[-1] == "meta", moves  # to the compute device, then parked
     assert not any(p.is_inference() for p in extractor.parameters())
+
+
+# --------------------------------------------------------------------------- memory through ComfyUI
+
+
+@pytest.fixture
+def memory_bridge(pack, monkeypatch):
+    """The bridge with a stand-in memory manager: records what is asked for, reports ``free`` bytes."""
+    bridge = sys.modules[pack.__name__ + ".nodes.comfy_bridge"]
+    node_module = sys.modules[pack.__name__ + ".nodes.optimize_node"]
+    state = {"free": 1 << 40, "asked": [], "settings": []}
+    monkeypatch.setattr(bridge, "make_room", lambda n, device: state["asked"].append(n))
+    monkeypatch.setattr(bridge, "free_bytes", lambda device: state["free"])
+    real = node_module.optimize
+    monkeypatch.setattr(node_module, "optimize",
+                        lambda *a, **k: state["settings"].append(a[4]) or real(*a, **k))
+    return state
+
+
+def _needs(pack, content_target, style_target, size, checkpoint):
+    core = sys.modules[pack.__name__ + ".nst_core.memory"]
+    presets = sys.modules[pack.__name__ + ".nst_core.presets"]
+    s = presets.settings_for("fast", "moments").replace(checkpoint=checkpoint)
+    hw = (round(size * content_target.size[0] / max(content_target.size)), size)
+    layers = list(style_target.layers) + [content_target.layer]
+    return core.required_bytes(core.estimate_bytes(hw, layers, s, 1, "vgg19", "moments", list(style_target.layers)))
+
+
+def test_the_node_asks_comfyui_for_the_estimate_and_checkpoints_when_memory_is_short(nodes, extractor, pack,
+                                                                                       memory_bridge):
+    with torch.inference_mode():
+        ct = nodes["NST_ContentTarget"].build(extractor, torch.rand(1, 48, 64, 3), "relu4_2", 1.0)[0]
+        st = _style(nodes, extractor, torch.rand(1, 48, 48, 3))
+        _optimize(nodes, extractor, content_target=ct, style_target=st, size=64)
+        plain, light = _needs(pack, ct, st, 64, False), _needs(pack, ct, st, 64, True)
+        assert memory_bridge["asked"] == [plain]  # the estimate plus a margin, not 2× the weights
+        assert memory_bridge["settings"][-1].checkpoint is False
+        memory_bridge["free"] = (plain + light) // 2  # enough only with activation checkpointing
+        _optimize(nodes, extractor, content_target=ct, style_target=st, size=64)
+        assert memory_bridge["settings"][-1].checkpoint is True
+
+
+def test_the_node_refuses_before_any_work_when_even_checkpointing_cannot_fit(nodes, extractor, pack, memory_bridge):
+    with torch.inference_mode():
+        ct = nodes["NST_ContentTarget"].build(extractor, torch.rand(1, 48, 64, 3), "relu4_2", 1.0)[0]
+        st = _style(nodes, extractor, torch.rand(1, 48, 48, 3))
+        memory_bridge["free"] = _needs(pack, ct, st, 64, True) // 2
+        with pytest.raises(ValueError, match=r"needs about [\d.]+ GiB even with activation checkpointing, but only"):
+            _optimize(nodes, extractor, content_target=ct, style_target=st, size=64)
+    assert memory_bridge["settings"] == []  # refused before the optimiser started
+
+
+def test_the_schedule_takes_the_weights_calibrated_for_the_targets_statistic(nodes, extractor, memory_bridge):
+    with torch.inference_mode():
+        ct = nodes["NST_ContentTarget"].build(extractor, torch.rand(1, 32, 32, 3), "relu4_2", 1.0)[0]
+        st = _style(nodes, extractor, torch.rand(1, 32, 32, 3))  # moments
+        _optimize(nodes, extractor, content_target=ct, style_target=st, schedule="seed", steps=1, size=32)
+    s = memory_bridge["settings"][-1]
+    assert s.optimizer == "lbfgs" and (s.content_weight, s.style_weight) == (0.2, 25.0)  # not 1000 on W2
+
+
+def test_the_seed_input_has_no_randomize_control():
+    """A fresh node must not re-run on every Queue: no control_after_generate, and not named like a seed
+    widget that frontends give a 'randomize' control by name (seed, noise_seed)."""
+    from importlib import import_module
+
+    spec = import_module("nst_pack_test_nodes.nodes.optimize_node").StyleTransferOptimizeNode.INPUT_TYPES()
+    names = set(spec["required"]) | set(spec.get("optional", {}))
+    assert not names & {"seed", "noise_seed"}
+    assert all("control_after_generate" not in opts for _, opts in spec["required"].values() if isinstance(opts, dict))
+
+
+def test_validate_inputs_names_its_arguments_so_comfyui_keeps_its_range_checks(nodes):
+    import inspect
+
+    sig = inspect.signature(nodes["NST_GramStyleTarget"].VALIDATE_INPUTS)
+    assert not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    assert set(sig.parameters) == {"layers", "custom_layers", "layer_weights"}
+    assert "not one of the choices" in nodes["NST_GramStyleTarget"].VALIDATE_INPUTS("relu9_9", "", "")
+
+
+def test_add_to_refuses_different_layer_weights_and_style_scale(nodes, extractor):
+    with torch.inference_mode():
+        a = _style(nodes, extractor, torch.rand(1, 32, 32, 3))
+        with pytest.raises(ValueError, match="layer weights"):
+            _style(nodes, extractor, torch.rand(1, 32, 32, 3), layer_weights="1,1,1,1,1", add_to=a)
+        with pytest.raises(ValueError, match="style scale"):
+            _style(nodes, extractor, torch.rand(1, 32, 32, 3), style_scale=0.5, add_to=a)
+        both = _style(nodes, extractor, torch.rand(1, 32, 32, 3), add_to=a, blend_weight=2.0)
+    assert len(both.images) == 2 and both.blend_weights == (1.0, 2.0)
+
+
+def test_masked_styles_chain_into_regions(nodes, extractor):
+    left = torch.zeros(1, 32, 32)
+    left[..., :16] = 1
+    with torch.inference_mode():
+        a = _style(nodes, extractor, torch.rand(1, 32, 32, 3), mask=left)
+        b = _style(nodes, extractor, torch.rand(1, 32, 32, 3), mask=1 - left, add_to=a, blend_weight=0.5)
+        ct = nodes["NST_ContentTarget"].build(extractor, torch.rand(1, 32, 32, 3), "relu4_2", 1.0)[0]
+        out = _optimize(nodes, extractor, content_target=ct, style_target=b, size=32, steps=1)
+    assert isinstance(b, tuple) and len(b) == 2 and b[1].weight == 0.5
+    assert out.shape == (1, 32, 32, 3)

@@ -12,7 +12,6 @@ import nst_core
 from nst_core import Cancelled, ContentTarget, Progress, Settings, StyleTarget, optimize, pyramid_sizes
 from nst_core.image import fit_long_edge
 from nst_core.losses import content_loss, style_loss, tv_loss
-from nst_core.memory import lbfgs_history
 from nst_core.optimize import AveragedIterate, steps_per_scale
 
 LAYERS = ("relu1_1", "relu2_1", "relu3_1")
@@ -93,12 +92,6 @@ def test_steps_per_scale():
     assert steps_per_scale(Settings(steps=5, first_steps=9), 3) == [9, 5, 5]
     assert steps_per_scale(Settings(steps=5), 2) == [5, 5]
     assert steps_per_scale(Settings(steps=5, first_steps=9), 1) == [5]
-
-
-def test_lbfgs_history_is_bounded_by_memory():
-    assert lbfgs_history(3 * 64 * 64, 100, 1024) == 100
-    assert lbfgs_history(3 * 1024 * 1024, 100, 1024) == 2 ** 30 // (8 * 3 * 1024 * 1024) == 42
-    assert lbfgs_history(10**10, 100, 1) == 3
 
 
 def test_averaged_iterate_is_the_bias_corrected_ema():

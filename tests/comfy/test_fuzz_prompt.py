@@ -46,8 +46,8 @@ def good_prompt(seed: int = 0) -> Dict[str, dict]:
         "5": api_node("NST_GramStyleTarget", extractor=["1", 0], image=["3", 0], layers="relu1_1,relu2_1,relu3_1",
                       custom_layers="", layer_weights="", statistic="gram", style_scale=1.0),
         "6": api_node("NST_StyleTransferOptimize", extractor=["1", 0], content_target=["4", 0],
-                      style_target=["5", 0], preset="fast", steps=2, content_weight=1.0, style_weight=1.0,
-                      tv_weight=1.0, size=32, init="auto", seed=seed),
+                      style_target=["5", 0], schedule="fast", steps=2, content_weight=1.0, style_weight=1.0,
+                      tv_weight=1.0, size=32, init="auto", init_seed=seed),
         "7": api_node("PreviewImage", images=["6", 0]),
     }
 
@@ -75,14 +75,14 @@ def drop_node(node: str) -> Callable[[dict], None]:
 CASES = [
     # wrong types
     ("steps-is-text", setter("6", steps="many"), "rejected", ["Failed to convert", "INT", "steps"]),
-    ("preset-is-a-number", setter("6", preset=3), "rejected", ["Value not in list", "preset"]),
+    ("schedule-is-a-number", setter("6", schedule=3), "rejected", ["Value not in list", "schedule"]),
     ("steps-is-a-list", setter("6", steps=[1, 2, 3]), "rejected", ["Bad linked input", "steps"]),
     ("extractor-is-a-literal", setter("6", extractor="vgg19"), "error",
      ["extractor must come from a Load VGG Extractor node", "str"]),
     ("style-target-fed-a-content-target", setter("6", style_target=["4", 0]), "either", ["ContentTarget"]),
     # out-of-range numbers
     ("steps-negative", setter("6", steps=-5), "rejected", ["smaller than min", "steps"]),
-    ("seed-negative", setter("6", seed=-1), "rejected", ["smaller than min", "seed"]),
+    ("seed-negative", setter("6", init_seed=-1), "rejected", ["smaller than min", "init_seed"]),
     ("tv-weight-nan", setter("6", tv_weight=float("nan")), "either", ["tv_weight", "nan"]),
     ("style-scale-50-on-an-optional-branch", setter("5", style_scale=50.0), "either", ["style", "scale", "8"]),
     # missing links
@@ -95,7 +95,7 @@ CASES = [
     ("size-100000", setter("6", size=100000), "rejected", ["bigger than max", "size"]),
     ("size-2**40", setter("6", size=2**40), "rejected", ["bigger than max", "size"]),
     ("steps-10**12", setter("6", steps=10**12), "rejected", ["bigger than max", "steps"]),
-    ("seed-2**64", setter("6", seed=2**64), "rejected", ["bigger than max", "seed"]),
+    ("seed-2**64", setter("6", init_seed=2**64), "rejected", ["bigger than max", "init_seed"]),
     ("layer-weight-overflows-to-inf", setter("5", layer_weights="1e400,1,1"), "either",
      ["layer weight", "finite", "inf"]),
 ]

@@ -64,7 +64,7 @@ def test_object_info_lists_the_four_nodes_with_their_inputs(comfy):
     assert "relu4_2" in req("NST_ContentTarget")["layer"][0]
     assert {"extractor", "image", "layers", "layer_weights", "statistic", "style_scale"} <= set(req("NST_GramStyleTarget"))
     assert set(opt("NST_GramStyleTarget")) == {"add_to", "blend_weight"}
-    assert {"preset", "steps", "content_weight", "style_weight", "tv_weight", "size", "seed"} <= set(
+    assert {"schedule", "steps", "content_weight", "style_weight", "tv_weight", "size", "init_seed"} <= set(
         req("NST_StyleTransferOptimize"))
     assert set(opt("NST_StyleTransferOptimize")) == {"content_target", "style_target", "init_image"}
     assert info["NST_StyleTransferOptimize"]["output"] == ["IMAGE"]
@@ -98,9 +98,9 @@ def _long_run(steps: int = 2000) -> dict:
         "3": api_node("NST_GramStyleTarget", extractor=["1", 0], image=["2", 0],
                       layers="relu1_1,relu2_1,relu3_1", custom_layers="", layer_weights="",
                       statistic="gram", style_scale=1.0),
-        "4": api_node("NST_StyleTransferOptimize", extractor=["1", 0], style_target=["3", 0], preset="fast",
+        "4": api_node("NST_StyleTransferOptimize", extractor=["1", 0], style_target=["3", 0], schedule="fast",
                       steps=steps, content_weight=1.0, style_weight=1.0, tv_weight=1.0, size=64, init="auto",
-                      seed=7),
+                      init_seed=7),
         "5": api_node("PreviewImage", images=["4", 0]),
     }
 
@@ -132,7 +132,7 @@ def test_previews_stream_and_interrupt_stops_within_seconds(comfy, inputs, ws):
 @pytest.mark.parametrize("node, field, value, message", [
     ("4", "steps", -5, "steps"),
     ("4", "size", 100000, "size"),
-    ("4", "preset", "ultra", "preset"),
+    ("4", "schedule", "ultra", "schedule"),
     ("3", "statistic", "median", "statistic"),
     ("3", "layers", "custom (use custom_layers)", "custom_layers is empty"),
     ("3", "layer_weights", "1,2", "one per layer"),
