@@ -250,7 +250,7 @@ class _Objective:
         self.bf16 = use_bf16(settings, extractor.device)
         dev = extractor.device
         self.content_feats = content.at_size(extractor, hw).clone() if content is not None else None
-        self.content_mask = content.weights_at(hw, dev) if content is not None else None
+        self.content_weights: Dict[Tuple[int, int], Optional[torch.Tensor]] = {}
         self.region_masks = _region_masks(regions, hw, dev)
         self.style_targets = [t.at_size(extractor, max(hw)) for t in regions]
         layers: List[str] = []
@@ -289,7 +289,10 @@ class _Objective:
         total = image.new_zeros(())
         if self.content is not None:
             f = feats[self.content.layer].float()
-            weights = None if self.content_mask is None else mask_at(self.content_mask, tuple(f.shape[-2:]), f.device)
+            grid = tuple(f.shape[-2:])
+            if grid not in self.content_weights:
+                self.content_weights[grid] = self.content.weights_at(grid, f.device)
+            weights = self.content_weights[grid]
             c = content_loss(f, self.content_feats, weights)
             parts["content"] = c
             total = total + s.content_weight * self.content.weight * c

@@ -135,7 +135,7 @@ class ContentTarget:
         return feats.to(extractor.device)
 
     def weights_at(self, hw: Tuple[int, int], device: torch.device) -> Optional[torch.Tensor]:
-        """Per-position content-loss weights on a grid of ``hw`` (None without a mask)."""
+        """Per-position content-loss weights on a (layer's) grid of ``hw`` (None without a mask)."""
         m = mask_at(self.mask, hw, device)
         return None if m is None else 1 + self.mask_strength * m
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
@@ -446,3 +447,58 @@ def test_the_pyramid_starts_at_a_fraction_of_the_output_size():
 
     with pytest.raises(ValueError, match="pyramid_start"):
         validate_settings(Settings(pyramid_start=1.5))
+
+
+# --------------------------------------------------------------------------- Adam across the pyramid
+
+
+def _adam_step_sizes(monkeypatch, ext, content, style, settings):
+    """Mean |Δx| of every Adam step, with the scale it was taken at."""
+    steps = []
+    real = torch.optim.Adam.step
+
+    def step(self, *a, **k):
+        x = self.param_groups[0]["params"][0]
+        before = x.detach().clone()
+        out = real(self, *a, **k)
+        steps.append((tuple(x.shape[-2:]), float((x.detach() - before).abs().mean())))
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    optimize(ext, content, style, settings=settings)
+    monkeypatch.undo()
+    sizes = sorted({hw for hw, _ in steps})
+    late = [sum([d for hw, d in steps if hw == s][-10:]) / 10 for s in sizes]
+    return sizes, late
+
+
+def test_a_pixels_gradient_scales_with_one_over_the_pixel_count(rand_ext, content, style):
+    """The premise of the rescale: every loss is a mean over positions."""
+    from nst_core.image import resize
+
+    def grad_rms(hw):
+        obj = sys.modules["nst_core.optimize"]._Objective(rand_ext, quick(), hw, content, (style,))
+        x = resize(content.image, hw).clone().requires_grad_(True)
+        with torch.no_grad():
+            x.add_(0.05)  # away from the content target
+        obj(x)[0].backward()
+        return float(x.grad.pow(2).mean().sqrt())
+
+    small, big = grad_rms((32, 32)), grad_rms((64, 64))
+    assert 2.5 < small / big < 6  # 4× the pixels: a quarter of the gradient
+
+
+def test_adams_state_carried_up_the_pyramid_keeps_the_step_size(rand_ext, images, monkeypatch):
+    """Without the rescale the effective rate fell at every scale (to about 0.4 of the first at the third)."""
+    c = ContentTarget.create(rand_ext, images.gradient(64, 64), "relu2_1")
+    s = StyleTarget.create(rand_ext, images.checkerboard(64, 64), LAYERS)
+    settings = Settings(steps=30, min_size=32, lr=0.02, autocast_bf16=False, style_weight=5)
+    sizes, late = _adam_step_sizes(monkeypatch, rand_ext, c, s, settings)
+    assert len(sizes) == 3
+    kept = late[-1] / late[0]
+    module = sys.modules["nst_core.optimize"]
+    unscaled = lambda m, v, hw: (torch.nn.functional.interpolate(m, size=hw, mode="bicubic"),  # noqa: E731
+                                 torch.nn.functional.interpolate(v, size=hw, mode="bilinear").clamp_min(0))
+    monkeypatch.setattr(module, "carry_adam_state", unscaled)
+    _, old = _adam_step_sizes(monkeypatch, rand_ext, c, s, settings)
+    assert kept > 1.3 * (old[-1] / old[0]), (late, old)
