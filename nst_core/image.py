@@ -70,8 +70,16 @@ def resize(image: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
     """Resize ``[B,C,H,W]`` to ``hw`` (antialiased bicubic when shrinking), clamped to 0..1."""
     if tuple(image.shape[-2:]) == tuple(hw):
         return image
+    where = resize_device(image.device)
+    if where != image.device:
+        return resize(image.to(where), hw).to(image.device)
     out = F.interpolate(image, size=hw, mode="bicubic", align_corners=False, antialias=True)
     return out.clamp(0, 1)
+
+
+def resize_device(device: torch.device) -> torch.device:
+    """Where an antialiased bicubic resize can run: the device itself on CPU/CUDA, else the CPU (MPS, DirectML)."""
+    return device if device.type in ("cpu", "cuda") else torch.device("cpu")
 
 
 def resize_long_edge(image: torch.Tensor, long_edge: int) -> torch.Tensor:

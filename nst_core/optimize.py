@@ -13,13 +13,10 @@ import torch.nn.functional as F
 
 from .extractor import Extractor
 from .image import as_rgb_batch, fit_long_edge, resize
-from .losses import content_loss, style_loss, tv_loss
 from .memory import lbfgs_history
-from .precision import autocast, cpu_has_native_bf16
+from .objective import ExtraLossFn, make_objective
 from .presets import INITS, OPTIMIZERS, Settings
-from .statistics import LayerStyle
-from .targets import ContentTarget, StyleTarget, mask_at
-from .transport import W2Style
+from .targets import ContentTarget, StyleTarget
 
 
 class Cancelled(RuntimeError):
@@ -56,7 +53,6 @@ class Progress:
 ProgressFn = Callable[[Progress], None]
 PreviewFn = Callable[[int, torch.Tensor], None]
 CancelFn = Callable[[], bool]
-ExtraLossFn = Callable[[torch.Tensor], torch.Tensor]  # image [B,3,h,w] at the current scale -> weighted scalar loss
 Init = Union[str, torch.Tensor]
 Styles = Union[StyleTarget, Sequence[StyleTarget], None]
 
@@ -214,13 +210,6 @@ def _initial_image(init: Init, content: Optional[ContentTarget], batch: int, hw:
     raise ValueError(f"init {init!r} is not supported; choose one of {list(INITS)} or pass an image tensor")
 
 
-def use_bf16(settings: Settings, device: torch.device) -> bool:
-    """The network in bf16: as set, or by default on CPUs with native bf16 (AMX, AVX-512 BF16)."""
-    if settings.autocast_bf16 is not None:
-        return bool(settings.autocast_bf16)
-    return device.type == "cpu" and cpu_has_native_bf16()
-
-
 def carry_adam_state(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
                      hw: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
     """Adam's moments of one scale, resized to the next and rescaled to its gradient units.
@@ -233,96 +222,6 @@ def carry_adam_state(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
     m = F.interpolate(exp_avg, size=hw, mode="bicubic", align_corners=False) * ratio
     v = F.interpolate(exp_avg_sq, size=hw, mode="bilinear", align_corners=False).clamp_min(0) * ratio**2
     return m, v
-
-
-class _Objective:
-    """Computes the weighted losses of an image at one scale."""
-
-    def __init__(self, extractor: Extractor, settings: Settings, hw: Tuple[int, int],
-                 content: Optional[ContentTarget], regions: Tuple[StyleTarget, ...],
-                 extra_loss: Optional[ExtraLossFn] = None) -> None:
-        self.extractor = extractor
-        self.settings = settings
-        self.hw = hw
-        self.content = content
-        self.regions = regions
-        self.extra_loss = extra_loss
-        self.bf16 = use_bf16(settings, extractor.device)
-        dev = extractor.device
-        self.content_feats = content.at_size(extractor, hw).clone() if content is not None else None
-        self.content_weights: Dict[Tuple[int, int], Optional[torch.Tensor]] = {}
-        self.region_masks = _region_masks(regions, hw, dev)
-        self.style_targets = [t.at_size(extractor, max(hw)) for t in regions]
-        layers: List[str] = []
-        for t in regions:
-            layers += [n for n in t.layers if n not in layers]
-        if content is not None and content.layer not in layers:
-            layers.append(content.layer)
-        self.layers = layers
-        self.w2: Dict[Tuple[int, str], W2Style] = {}  # moments: keeps each layer's transport between refreshes
-        self.grid_masks: Dict[Tuple[int, Tuple[int, int]], Optional[torch.Tensor]] = {}
-
-    def _mask(self, k: int, grid: Tuple[int, int]) -> Optional[torch.Tensor]:
-        key = (k, grid)
-        if key not in self.grid_masks:
-            self.grid_masks[key] = mask_at(self.region_masks[k], grid, self.extractor.device)
-        return self.grid_masks[key]
-
-    def _style(self, k: int, name: str, feats: torch.Tensor, exact: bool) -> torch.Tensor:
-        target = self.style_targets[k][name]
-        weights = self._mask(k, tuple(feats.shape[-2:]))
-        if target.statistic == "moments":
-            if (k, name) not in self.w2:
-                self.w2[(k, name)] = W2Style(target)
-            return self.w2[(k, name)](feats, refresh=exact, weights=weights)
-        return style_loss(feats, target, weights)
-
-    def __call__(self, image: torch.Tensor, exact: bool = True) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Total loss and its parts. With ``exact=False`` the W2 style loss reuses its last transport:
-        its gradient is approximate and its value is 0 (read the losses only from exact calls)."""
-        s = self.settings
-        nhwc = s.channels_last and image.device.type in ("cpu", "cuda")
-        x = image.contiguous(memory_format=torch.channels_last) if nhwc else image
-        with autocast(x.device, self.bf16):
-            feats = self.extractor(x, self.layers, checkpoint=s.checkpoint, compile=s.compile)
-        parts: Dict[str, torch.Tensor] = {}
-        total = image.new_zeros(())
-        if self.content is not None:
-            f = feats[self.content.layer].float()
-            grid = tuple(f.shape[-2:])
-            if grid not in self.content_weights:
-                self.content_weights[grid] = self.content.weights_at(grid, f.device)
-            weights = self.content_weights[grid]
-            c = content_loss(f, self.content_feats, weights)
-            parts["content"] = c
-            total = total + s.content_weight * self.content.weight * c
-        if self.regions:
-            sl = sum(t.weight * sum(w * self._style(k, n, feats[n].float(), exact)
-                                    for n, w in zip(t.layers, t.layer_weights))
-                     for k, t in enumerate(self.regions))
-            parts["style"] = sl
-            total = total + s.style_weight * sl
-        if s.tv_weight > 0:
-            tv = tv_loss(image)
-            parts["tv"] = tv
-            total = total + s.tv_weight * tv
-        if self.extra_loss is not None:
-            extra = self.extra_loss(image)
-            parts["extra"] = extra
-            total = total + extra
-        parts["total"] = total
-        return total, parts
-
-
-def _region_masks(regions: Tuple[StyleTarget, ...], hw: Tuple[int, int],
-                  device: torch.device) -> List[Optional[torch.Tensor]]:
-    """Each region's mask at the output grid; an unmasked style among masked ones covers what they leave."""
-    masks = [mask_at(t.mask, hw, device) for t in regions]
-    given = [m for m in masks if m is not None]
-    if not given or len(given) == len(masks):
-        return masks
-    rest = (1 - torch.stack([m.expand(-1, 1, -1, -1)[:1] for m in given]).sum(0)).clamp(0, 1)
-    return [rest if m is None else m for m in masks]
 
 
 def optimize(
@@ -395,7 +294,7 @@ class _Run:
         self.progress, self.preview, self.cancel = progress, preview, cancel
         self.total, self.step = total, 0
         self.adam_state: Optional[Tuple[torch.Tensor, torch.Tensor, int]] = None
-        self.objective: Optional[_Objective] = None
+        self.objective = None  # the current scale's objective (whole-image or tiled)
 
     def release(self) -> None:
         """Forget the tensors held between scales (caches are the caller's: see the nodes' bridge)."""
@@ -408,8 +307,7 @@ class _Run:
         if self.cancel is not None and self.cancel():
             raise Cancelled(f"cancelled at step {self.step} of {self.total}")
         if self.progress is not None:
-            self.progress(Progress(self.step, self.total, scale, scales, tuple(hw),
-                                   {k: v.detach() for k, v in parts.items()} if exact else None))
+            self.progress(Progress(self.step, self.total, scale, scales, tuple(hw), parts if exact else None))
         if self.preview is not None and s.preview_every > 0 and self.step % s.preview_every == 0:
             self.preview(self.step, image_fn().detach())
 
@@ -417,7 +315,7 @@ class _Run:
         """Optimise at one pyramid scale, starting from ``x`` resized to ``hw``."""
         s = self.settings
         x = resize(x, hw).detach().clone()
-        self.objective = _Objective(self.extractor, s, hw, self.content, self.regions, self.extra_loss)
+        self.objective = make_objective(self.extractor, s, hw, self.content, self.regions, self.extra_loss)
         x.requires_grad_(True)
         out = self._adam(i, scales, hw, steps, x) if s.optimizer == "adam" else self._lbfgs(i, scales, hw, steps, x)
         if not bool(torch.isfinite(out).all()):  # one sync per scale
@@ -435,8 +333,7 @@ class _Run:
         for k in range(steps):
             opt.zero_grad(set_to_none=True)
             exact = k % s.transport_every == 0  # the schedule alone: watching changes nothing
-            loss, parts = self.objective(x, exact)
-            loss.backward()
+            parts = self.objective.gradient(x, exact)
             opt.step()
             with torch.no_grad():
                 x.clamp_(0, 1)
@@ -456,11 +353,10 @@ class _Run:
         def closure() -> torch.Tensor:
             nonlocal done
             opt.zero_grad(set_to_none=True)
-            loss, parts = self.objective(x)
-            loss.backward()
+            parts = self.objective.gradient(x, True)
             done += 1
             self._tick(i, scales, hw, parts, True, lambda: x.clamp(0, 1))
-            return loss
+            return parts["total"]
 
         while done < steps:
             left = min(s.lbfgs_max_iter, steps - done)

@@ -34,6 +34,7 @@ class Settings:
     max_size: int = 4096  # refuse outputs whose long edge is larger (memory and time grow with its square)
     channels_last: bool = True  # NHWC network on CPU and CUDA (measured faster on the CPU; see BENCHMARKS.md)
     autocast_bf16: Optional[bool] = None  # network in bf16; None: on CPUs with native bf16 only. Losses stay fp32
+    tile: int = 0  # run the scales whose long edge is above this many px in tiles (0: never; see tiles.py)
     checkpoint: bool = False  # recompute each VGG block in the backward pass: less memory, ~1 more forward
     compile: bool = False  # torch.compile the network pieces (compiled once per size; pays off on long runs)
 

@@ -184,3 +184,41 @@ def test_16_bit_grayscale_png(tmp_path):
     img = load_image(str(tmp_path / "g16.png"))
     assert img.shape == (1, 3, 8, 8)
     assert torch.allclose(img[0, 0], torch.from_numpy(arr.astype(np.float32) / 65535), atol=1 / 255)
+
+
+# shown image as quadrants [[top-left, top-right], [bottom-left, bottom-right]] for each EXIF orientation
+ORIENTED = {1: "RG/RB", 6: "RR/BG", 8: "GB/RR", 3: "BR/GR"}  # 6: turn 90° clockwise, 8: counter-clockwise
+RGB = {"R": [1.0, 0.0, 0.0], "G": [0.0, 1.0, 0.0], "B": [0.0, 0.0, 1.0]}
+
+
+@pytest.mark.parametrize("orientation", sorted(ORIENTED))
+def test_exif_orientation_is_applied(tmp_path, orientation):
+    """A camera JPEG stores the sensor's pixels plus a tag saying how to turn them; load_image turns them."""
+    arr = np.zeros((20, 40, 3), dtype=np.uint8)  # stored 40 wide × 20 tall: quadrants RG/RB
+    arr[:, :20] = (255, 0, 0)
+    arr[:10, 20:] = (0, 255, 0)
+    arr[10:, 20:] = (0, 0, 255)
+    pil = Image.fromarray(arr, "RGB")
+    exif = pil.getexif()
+    exif[0x0112] = orientation  # the Orientation tag
+    path = tmp_path / f"o{orientation}.jpg"
+    pil.save(path, quality=95, exif=exif.tobytes())
+    img = load_image(str(path))
+    turned = orientation in (6, 8)
+    assert img.shape == ((1, 3, 40, 20) if turned else (1, 3, 20, 40))
+    h, w = img.shape[-2:]
+    top, bottom = ORIENTED[orientation].split("/")
+    for (y, x), name in (((2, 2), top[0]), ((h - 6, w - 6), bottom[1])):  # corners, away from JPEG ringing
+        patch = img[0, :, y:y + 4, x:x + 4].mean((1, 2))
+        assert torch.allclose(patch, torch.tensor(RGB[name]), atol=0.1), (orientation, (y, x), patch)
+    # the long-edge resize works on the upright image
+    assert load_image(str(path), long_edge=10).shape[-2:] == ((10, 5) if turned else (5, 10))
+
+
+def test_resizing_falls_back_to_the_cpu_where_the_device_has_no_antialiased_bicubic():
+    from nst_core.image import resize_device
+
+    assert resize_device(torch.device("cpu")).type == "cpu"
+    assert resize_device(torch.device("cuda")).type == "cuda"
+    assert resize_device(torch.device("mps")).type == "cpu"
+    assert resize_device(torch.device("privateuseone")).type == "cpu"  # DirectML

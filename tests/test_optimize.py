@@ -477,7 +477,7 @@ def test_a_pixels_gradient_scales_with_one_over_the_pixel_count(rand_ext, conten
     from nst_core.image import resize
 
     def grad_rms(hw):
-        obj = sys.modules["nst_core.optimize"]._Objective(rand_ext, quick(), hw, content, (style,))
+        obj = sys.modules["nst_core.objective"].Objective(rand_ext, quick(), hw, content, (style,))
         x = resize(content.image, hw).clone().requires_grad_(True)
         with torch.no_grad():
             x.add_(0.05)  # away from the content target
