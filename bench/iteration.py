@@ -39,8 +39,8 @@ def bare_pass(ext, x: torch.Tensor, deepest: int) -> float:
 
 
 SWITCHES = (
-    ("default (channels_last)", {}),
-    ("channels_last off", {"channels_last": False}),
+    ("default (channels_last, fp32)", {"autocast_bf16": False}),
+    ("channels_last off", {"channels_last": False, "autocast_bf16": False}),
     ("bf16 autocast", {"autocast_bf16": True}),
     ("checkpoint", {"checkpoint": True}),
     ("compile", {"compile": True}),
@@ -77,7 +77,7 @@ def interleaved_round(ext, content: torch.Tensor, style: torch.Tensor, preset: s
         began[0] = time.perf_counter()
 
     settings = p.settings.replace(steps=warmup + iters, first_steps=None, min_size=1 << 30,
-                                  lbfgs_max_iter=warmup + iters, loss_every=1 << 30, **overrides)
+                                  lbfgs_max_iter=warmup + iters, **overrides)
     for _ in range(2):  # the bare pass's own warm-up
         bare_pass(ext, x, deepest)
     start[0] = began[0] = time.perf_counter()

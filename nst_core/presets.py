@@ -27,7 +27,6 @@ class Settings:
     lbfgs_max_iter: int = 20  # L-BFGS iterations between clips to [0,1]
     lbfgs_history: int = 100  # upper bound; also bounded by image size (``lbfgs_memory_mb``)
     lbfgs_memory_mb: int = 1024
-    init: str = "content"
     seed: int = 0
     transport_every: int = 1  # Adam + moments: recompute each layer's W2 transport every N steps (1: exact)
     preview_every: int = 0  # call the preview callback every N steps (0: never)

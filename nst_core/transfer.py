@@ -11,7 +11,7 @@ from .extractor import Extractor
 from .image import as_rgb_batch, fit_long_edge, resize_long_edge
 from .layers import parse_layers
 from .optimize import Init, PreviewFn, ProgressFn, CancelFn, check_max_size, check_size, optimize, validate_settings
-from .presets import DEFAULT_PRESET, get_preset
+from .presets import DEFAULT_PRESET, get_preset, settings_for
 from .targets import ContentTarget, StyleTarget
 
 
@@ -55,7 +55,7 @@ def transfer(
     mixes the style's colours into the luma. Previews show the final colours.
     """
     p = get_preset(preset)
-    run_settings = p.settings.replace(**settings)
+    run_settings = settings_for(p, statistic).replace(**settings)
     validate_settings(run_settings)
     content = _prepare_content(content, size, run_settings.max_size)
     layers = parse_layers(p.style_layers if style_layers is None else style_layers, extractor.arch)
@@ -108,7 +108,7 @@ def texture(
 ) -> torch.Tensor:
     """Synthesise a ``size``×``size`` texture from the style image(s) alone, starting from noise."""
     p = get_preset(preset)
-    run_settings = p.settings.replace(**settings)
+    run_settings = settings_for(p, statistic).replace(**settings)
     validate_settings(run_settings)
     check_size(size)
     check_max_size((size, size), run_settings.max_size)

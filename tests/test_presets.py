@@ -26,7 +26,6 @@ def test_seed_preset_is_the_original_recipe():
     assert p.statistic == "gram_normalized"
     assert p.style_layers == ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
     assert p.settings.optimizer == "lbfgs"
-    assert p.settings.init == "content"
     # one scale, whatever the size
     assert len(pyramid_sizes((4096, 4096), p.settings.min_size)) == 1
 
@@ -38,7 +37,7 @@ def test_presets_are_consistent(name):
     parse_layers([p.content_layer])
     assert p.statistic in STATISTICS
     assert p.settings.optimizer in OPTIMIZERS
-    assert p.settings.init in INITS
+    assert p.settings.tile == 0 and p.settings.autocast_bf16 is None  # tiles off, bf16 by capability
     if p.style_layer_weights is not None:
         assert len(p.style_layer_weights) == len(p.style_layers)
         assert all(w >= 0 for w in p.style_layer_weights)
@@ -79,3 +78,31 @@ def test_settings_are_frozen_and_presets_share_no_state():
     changed = s.replace(steps=1)
     assert get_preset("quality").settings.steps != 1 and changed.steps == 1
     assert DEFAULT_STYLE_LAYERS == get_preset("quality").style_layers
+
+
+def test_a_preset_run_with_another_statistic_takes_that_statistics_weights():
+    from nst_core.presets import LOSS_WEIGHTS, settings_for
+
+    seed = get_preset("seed")
+    assert settings_for(seed) == seed.settings
+    moments = settings_for(seed, "moments")
+    assert (moments.content_weight, moments.style_weight) == LOSS_WEIGHTS["moments"]  # not 1000 on a W2 loss
+    assert moments.optimizer == "lbfgs"
+    for name in PRESETS:
+        p = get_preset(name)
+        assert (p.settings.content_weight, p.settings.style_weight) == LOSS_WEIGHTS[p.statistic]
+    with pytest.raises(ValueError, match="histogram"):
+        settings_for(seed, "histogram")
+
+
+def test_settings_have_no_dead_fields():
+    """Every field of Settings is read by the engine (optimize, objective, memory or tiles)."""
+    import dataclasses
+    import pathlib
+
+    import nst_core
+
+    root = pathlib.Path(nst_core.__file__).parent
+    code = "".join(p.read_text() for p in root.glob("*.py") if p.name != "presets.py")
+    for f in dataclasses.fields(nst_core.Settings):
+        assert f".{f.name}" in code, f"Settings.{f.name} is never read"
