@@ -1,4 +1,4 @@
-"""The ``nst`` command: ``transfer``, ``reconstruct``, ``texture`` and ``frames`` (also ``python -m nst_core``)."""
+"""The ``nst`` command: ``transfer``, ``reconstruct``, ``texture``, ``frames`` and ``explore`` (also ``python -m nst_core``)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from .image import load_image, save_image
 from .layers import parse_layers
 from .optimize import Cancelled, Progress
 from .presets import DEFAULT_PRESET, INITS, OPTIMIZERS, PRESETS, get_preset
+from .color import COLOR_MODES
 from .statistics import STATISTICS
 from .transfer import reconstruct, texture, transfer
 
@@ -97,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--style-layers", help="comma list of style layers (e.g. relu1_1,relu2_1,relu3_1)")
     _style_layer_weights(t)
     t.add_argument("--statistic", choices=STATISTICS)
+    t.add_argument("--colors", choices=COLOR_MODES, default="style",
+                   help="style: the style's colours; luminance: transfer on the luminance only, keep the "
+                        "content's colours; match: give the style the content's colour mean and covariance first")
     _common(t, "content")
 
     r = sub.add_parser("reconstruct", help="rebuild CONTENT from one layer's activations, starting from noise")
@@ -118,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ray_options(t, frames=False)
     add_frames_parser(sub, _common, _style_layer_weights)
+    from .cli_explore import add_explore_parser  # the layer explorer grid
+
+    add_explore_parser(sub)
     return parser
 
 
@@ -180,6 +187,10 @@ def run(args: argparse.Namespace) -> None:
 
     if cli_frames.handles(args):  # frames, a folder of images, or --ray
         return cli_frames.run(args)
+    if args.command == "explore":
+        from .cli_explore import run_explore
+
+        return run_explore(args)
     device = pick_device(args.device)
     layers, weights = style_layers_and_weights(args) if args.command != "reconstruct" else (None, None)
     ext = load_extractor(args.arch, args.weights, args.pooling, args.edge_padding, device=device)
@@ -196,7 +207,7 @@ def run(args: argparse.Namespace) -> None:
             out = transfer(ext, content, styles, args.preset, None, args.content_layer, layers, weights,
                            args.statistic, args.style_blend, args.style_scale, init,
                            content_weight=args.content_weight, style_weight=args.style_weight,
-                           **callbacks, **settings)
+                           colors=args.colors, **callbacks, **settings)
         elif args.command == "reconstruct":
             content = load_image(args.content, args.size)
             out = reconstruct(ext, content, args.layer, None, args.steps or 300, init, **callbacks,

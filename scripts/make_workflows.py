@@ -25,24 +25,45 @@ SPECS: Dict[str, Tuple[List[Tuple[str, str]], List[str], List[Tuple[str, str]]]]
     "ImageScale": ([("image", "IMAGE")], ["upscale_method", "width", "height", "crop"], [("IMAGE", "IMAGE")]),
     "ImageScaleBy": ([("image", "IMAGE")], ["upscale_method", "scale_by"], [("IMAGE", "IMAGE")]),
     "ImageBlend": ([("image1", "IMAGE"), ("image2", "IMAGE")], ["blend_factor", "blend_mode"], [("IMAGE", "IMAGE")]),
+    "ImageCrop": ([("image", "IMAGE")], ["width", "height", "x", "y"], [("IMAGE", "IMAGE")]),
+    "ImageBatch": ([("image1", "IMAGE"), ("image2", "IMAGE")], [], [("IMAGE", "IMAGE")]),
     "NST_LoadVGGExtractor": ([], ["weights", "architecture", "pooling", "edge_padding"],
                              [("extractor", "NST_EXTRACTOR")]),
-    "NST_ContentTarget": ([("extractor", "NST_EXTRACTOR"), ("image", "IMAGE")], ["layer", "weight"],
-                          [("content_target", "NST_CONTENT_TARGET")]),
-    "NST_GramStyleTarget": ([("extractor", "NST_EXTRACTOR"), ("image", "IMAGE"), ("add_to", "NST_STYLE_TARGET")],
+    "NST_ContentTarget": ([("extractor", "NST_EXTRACTOR"), ("image", "IMAGE"), ("mask", "MASK")],
+                          ["layer", "weight", "mask_strength"], [("content_target", "NST_CONTENT_TARGET")]),
+    "NST_GramStyleTarget": ([("extractor", "NST_EXTRACTOR"), ("image", "IMAGE"), ("add_to", "NST_STYLE_TARGET"),
+                             ("mask", "MASK")],
                             ["layers", "custom_layers", "layer_weights", "statistic", "style_scale", "blend_weight"],
                             [("style_target", "NST_STYLE_TARGET")]),
     "NST_StyleTransferOptimize": (
         [("extractor", "NST_EXTRACTOR"), ("content_target", "NST_CONTENT_TARGET"),
          ("style_target", "NST_STYLE_TARGET"), ("init_image", "IMAGE")],
-        ["preset", "steps", "content_weight", "style_weight", "tv_weight", "size", "init", "seed"],
+        ["schedule", "steps", "content_weight", "style_weight", "tv_weight", "size", "init", "init_seed", "colors"],
         [("image", "IMAGE")]),
+    "NST_MatchColors": ([("image", "IMAGE"), ("reference", "IMAGE")], [], [("image", "IMAGE")]),
+    "NST_LayerExplorer": ([("extractor", "NST_EXTRACTOR"), ("content", "IMAGE"), ("style", "IMAGE")],
+                          ["cell_size", "steps"], [("grid", "IMAGE")]),
+    "NST_StylizeFrames": (
+        [("extractor", "NST_EXTRACTOR"), ("frames", "IMAGE"), ("style_target", "NST_STYLE_TARGET")],
+        ["content_layer", "content_weight", "schedule", "steps", "size", "temporal_weight", "init_seed"],
+        [("frames", "IMAGE")]),
 }
 TITLES = {
     "NST_LoadVGGExtractor": "Load VGG Extractor", "NST_ContentTarget": "Content Target",
     "NST_GramStyleTarget": "Gram Style Target", "NST_StyleTransferOptimize": "Style Transfer Optimize",
+    "NST_StylizeFrames": "NST Stylize Frames",
+    "NST_MatchColors": "NST Match Colors", "NST_LayerExplorer": "NST Layer Explorer",
 }
 ALL_LAYERS = "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1"
+TEMPORAL_WEIGHT = 50.0  # nst_core.frames.DEFAULT_TEMPORAL_WEIGHT (this script imports nothing of the pack)
+
+# Layout (litegraph units). A node's `pos` is the top-left of its body; the title bar sits above it.
+NODE_WIDTH = 300
+TITLE_HEIGHT = 30
+MARGIN = 40
+GAP_X, GAP_Y = 60, 40
+# nodes that show an image below their widgets once run: they grow by about their width
+SHOWS_RESULT = {"NST_StyleTransferOptimize", "NST_StylizeFrames", "NST_LayerExplorer", "PreviewImage", "SaveImage"}
 
 
 def style(**kw):
@@ -53,8 +74,8 @@ def style(**kw):
 
 
 def optimize(**kw):
-    w = dict(preset="quality", steps=0, content_weight=1.0, style_weight=1.0, tv_weight=1.0, size=512,
-             init="auto", seed=0)
+    w = dict(schedule="quality", steps=0, content_weight=1.0, style_weight=1.0, tv_weight=1.0, size=512,
+             init="auto", init_seed=0, colors="style")
     w.update(kw)
     return w
 
@@ -81,9 +102,9 @@ GRAPHS = {
         2: ("LoadImage", dict(image="content.jpg", upload="image"), {}),
         3: ("NST_ContentTarget", dict(layer="relu2_2", weight=1.0), {"extractor": (1, 0), "image": (2, 0)}),
         4: ("NST_ContentTarget", dict(layer="relu5_1", weight=1.0), {"extractor": (1, 0), "image": (2, 0)}),
-        5: ("NST_StyleTransferOptimize", optimize(preset="seed", steps=300, tv_weight=0.0, size=256, init="noise"),
+        5: ("NST_StyleTransferOptimize", optimize(schedule="seed", steps=300, tv_weight=0.0, size=256, init="noise"),
             {"extractor": (1, 0), "content_target": (3, 0)}),
-        6: ("NST_StyleTransferOptimize", optimize(preset="seed", steps=300, tv_weight=0.0, size=256, init="noise"),
+        6: ("NST_StyleTransferOptimize", optimize(schedule="seed", steps=300, tv_weight=0.0, size=256, init="noise"),
             {"extractor": (1, 0), "content_target": (4, 0)}),
         7: ("SaveImage", dict(filename_prefix="nst/reconstruct_relu2_2"), {"images": (5, 0)}),
         8: ("SaveImage", dict(filename_prefix="nst/reconstruct_relu5_1"), {"images": (6, 0)}),
@@ -121,6 +142,49 @@ GRAPHS = {
         9: ("ImageScaleBy", dict(upscale_method="bicubic", scale_by=2.0), {"image": (8, 0)}),
         10: ("SaveImage", dict(filename_prefix="nst/chained"), {"images": (9, 0)}),
     }),
+    "frames_temporal": ("Four frames of a slow pan over the photo (crops batched with core nodes; a video "
+                        "loader's IMAGE batch goes in the same place), stylised frame by frame with the "
+                        "temporal loss so they do not flicker.", {
+        1: EXTRACTOR,
+        2: ("LoadImage", dict(image="content.jpg", upload="image"), {}),
+        3: ("LoadImage", dict(image="style.jpg", upload="image"), {}),
+        4: ("ImageScale", dict(upscale_method="bicubic", width=544, height=408, crop="center"), {"image": (2, 0)}),
+        **{5 + k: ("ImageCrop", dict(width=512, height=384, x=8 * k, y=6 * k), {"image": (4, 0)}) for k in range(4)},
+        9: ("ImageBatch", {}, {"image1": (5, 0), "image2": (6, 0)}),
+        10: ("ImageBatch", {}, {"image1": (9, 0), "image2": (7, 0)}),
+        11: ("ImageBatch", {}, {"image1": (10, 0), "image2": (8, 0)}),
+        12: ("NST_GramStyleTarget", style(), {"extractor": (1, 0), "image": (3, 0)}),
+        13: ("NST_StylizeFrames", dict(content_layer="relu4_2", content_weight=1.0, schedule="quality", steps=0,
+                                       size=256, temporal_weight=TEMPORAL_WEIGHT, init_seed=0),
+             {"extractor": (1, 0), "frames": (11, 0), "style_target": (12, 0)}),
+        14: ("SaveImage", dict(filename_prefix="nst/frames"), {"images": (13, 0)}),
+    }),
+    "color_preserving_transfer": ("Two ways to keep the photo's colours: luminance-only transfer (colors = "
+                                  "luminance on Optimize), and the style image recoloured with NST Match Colors "
+                                  "before its target (what colors = match does).", {
+        1: EXTRACTOR,
+        2: ("LoadImage", dict(image="content.jpg", upload="image"), {}),
+        3: ("LoadImage", dict(image="style.jpg", upload="image"), {}),
+        4: ("NST_ContentTarget", dict(layer="relu4_2", weight=1.0), {"extractor": (1, 0), "image": (2, 0)}),
+        5: ("NST_GramStyleTarget", style(), {"extractor": (1, 0), "image": (3, 0)}),
+        6: ("NST_StyleTransferOptimize", optimize(colors="luminance"),
+            {"extractor": (1, 0), "content_target": (4, 0), "style_target": (5, 0)}),
+        7: ("SaveImage", dict(filename_prefix="nst/colors_luminance"), {"images": (6, 0)}),
+        8: ("NST_MatchColors", {}, {"image": (3, 0), "reference": (2, 0)}),
+        9: ("NST_GramStyleTarget", style(), {"extractor": (1, 0), "image": (8, 0)}),
+        10: ("NST_StyleTransferOptimize", optimize(),
+             {"extractor": (1, 0), "content_target": (4, 0), "style_target": (9, 0)}),
+        11: ("SaveImage", dict(filename_prefix="nst/colors_matched"), {"images": (10, 0)}),
+    }),
+    "layer_explorer": ("What each VGG layer keeps: the photo rebuilt from noise from relu1_2 … relu5_2, and "
+                       "textures of the style from relu1_1, relu1_1+relu2_1, … up to relu5_1, in one grid.", {
+        1: EXTRACTOR,
+        2: ("LoadImage", dict(image="content.jpg", upload="image"), {}),
+        3: ("LoadImage", dict(image="style.jpg", upload="image"), {}),
+        4: ("NST_LayerExplorer", dict(cell_size=128, steps=100),
+            {"extractor": (1, 0), "content": (2, 0), "style": (3, 0)}),
+        5: ("SaveImage", dict(filename_prefix="nst/layer_explorer"), {"images": (4, 0)}),
+    }),
 }
 
 
@@ -132,6 +196,71 @@ def api_format(graph) -> dict:
         inputs.update({name: [str(src), slot] for name, (src, slot) in links.items()})
         out[str(nid)] = {"class_type": cls, "inputs": inputs, "_meta": {"title": TITLES.get(cls, cls)}}
     return out
+
+
+# INT widgets the frontend gives a "control after generate" widget by their name alone (an input may also
+# ask for one with control_after_generate: none of the pack's do; Optimize's is init_seed for that reason)
+CONTROLLED = ("seed", "noise_seed")
+
+
+def widget_values(cls: str, widgets: dict) -> list:
+    """A node's ``widgets_values`` in widget order; a controlled seed is followed by its control, "fixed"."""
+    values = []
+    for name in (w for w in SPECS[cls][1] if w in widgets):
+        values.append(widgets[name])
+        if name in CONTROLLED:  # "fixed": queueing again does not re-run the node with a new seed
+            values.append("fixed")
+    return values
+
+
+def node_size(cls: str, n_values: int) -> List[int]:
+    """[width, height] of a node as first shown (before any result image)."""
+    if cls == "LoadImage":
+        return [NODE_WIDTH, 340]  # widgets plus the loaded picture
+    return [NODE_WIDTH, 100 + 26 * n_values]
+
+
+def footprint(cls: str, size: List[int]) -> Tuple[int, int]:
+    """(top, bottom) of the area a node may cover, relative to its ``pos`` y: title bar and result image."""
+    width, height = size
+    return -TITLE_HEIGHT, height + (width if cls in SHOWS_RESULT else 0)
+
+
+def levels(graph) -> Dict[int, int]:
+    """Column of each node: 0 for nodes without linked inputs, else one more than its deepest source."""
+    depth: Dict[int, int] = {}
+
+    def level(nid: int) -> int:
+        if nid not in depth:
+            depth[nid] = 1 + max((level(src) for src, _ in graph[nid][2].values()), default=-1)
+        return depth[nid]
+
+    for nid in graph:
+        level(nid)
+    return depth
+
+
+def layout(graph, sizes: Dict[int, List[int]]) -> Dict[int, List[int]]:
+    """``pos`` of every node: columns by depth, left to right; in a column, nodes stacked top to bottom,
+    each level with its lowest source when there is room, with room for its title and its result image."""
+    depth = levels(graph)
+    columns: Dict[int, List[int]] = {}
+    for nid in sorted(graph):
+        columns.setdefault(depth[nid], []).append(nid)
+    positions: Dict[int, List[int]] = {}
+    x = MARGIN
+    for col in sorted(columns):
+        def anchor(nid: int) -> int:  # sources sit in columns to the left: already placed
+            return max((positions[src][1] for src, _ in graph[nid][2].values()), default=0)
+
+        below = MARGIN  # the highest y the next node's footprint may start at
+        for nid in sorted(columns[col], key=lambda n: (anchor(n), n)):
+            top, bottom = footprint(graph[nid][0], sizes[nid])
+            y = max(below - top, anchor(nid))
+            positions[nid] = [x, y]
+            below = y + bottom + GAP_Y
+        x += max(sizes[n][0] for n in columns[col]) + GAP_X
+    return positions
 
 
 def ui_format(graph) -> dict:
@@ -146,33 +275,21 @@ def ui_format(graph) -> dict:
             target_slot = [n for n, _ in linked].index(name)
             links.append([link_id, src, slot, nid, target_slot, slot_type])
             consumers.setdefault((src, slot), []).append(link_id)
-    depth: Dict[int, int] = {}
-
-    def level(nid: int) -> int:
-        if nid not in depth:
-            depth[nid] = 1 + max((level(src) for src, _ in graph[nid][2].values()), default=-1)
-        return depth[nid]
-
-    rows: Dict[int, int] = {}
-    for order, nid in enumerate(sorted(graph, key=level)):
+    values = {nid: widget_values(cls, widgets) for nid, (cls, widgets, _) in graph.items()}
+    sizes = {nid: node_size(graph[nid][0], len(values[nid])) for nid in graph}
+    positions = layout(graph, sizes)
+    for order, nid in enumerate(sorted(graph, key=lambda n: (levels(graph)[n], n))):
         cls, widgets, ins = graph[nid]
         linked, wnames, outs = SPECS[cls]
-        col = level(nid)
-        row = rows.get(col, 0)
-        rows[col] = row + 1
-        values = [widgets[w] for w in wnames if w in widgets]
-        if cls == "NST_StyleTransferOptimize":
-            values.insert(wnames.index("seed") + 1, "fixed")
-        height = 340 if cls == "LoadImage" else 100 + 26 * len(values)  # room for the image preview
         node = {
-            "id": nid, "type": cls, "pos": [40 + 340 * col, 40 + 390 * row],
-            "size": [300, height], "flags": {}, "order": order, "mode": 0,
+            "id": nid, "type": cls, "pos": positions[nid],
+            "size": sizes[nid], "flags": {}, "order": order, "mode": 0,
             "inputs": [{"name": n, "type": t, "link": next((l[0] for l in links if l[3] == nid and l[4] == i), None)}
                        for i, (n, t) in enumerate(linked)],
             "outputs": [{"name": n, "type": t, "links": consumers.get((nid, i), []), "slot_index": i}
                         for i, (n, t) in enumerate(outs)],
             "properties": {"Node name for S&R": cls},
-            "widgets_values": values,
+            "widgets_values": values[nid],
         }
         if cls in TITLES:
             node["title"] = TITLES[cls]

@@ -36,3 +36,80 @@ def test_api_twin_widgets_match_node_inputs(name):
         linked, widgets, _ = mw.SPECS[node["class_type"]]
         for key in node["inputs"]:
             assert key in widgets or key in dict(linked), f"{node['class_type']} has no input {key}"
+
+
+# --------------------------------------------------------------------------- layout: every result shows
+
+TITLE = 30  # litegraph draws a node's title bar above its `pos`
+SHOWS_IMAGE = {"NST_StyleTransferOptimize", "PreviewImage", "SaveImage"}  # an image appears below the widgets
+
+
+def grown_box(node):
+    """(x0, y0, x1, y1) a node covers once it shows its image: it grows by about its width."""
+    (x, y), (w, h) = node["pos"], node["size"]
+    return x, y - TITLE, x + w, y + h + (w if node["type"] in SHOWS_IMAGE else 0)
+
+
+def overlapping(nodes):
+    boxes = {n["id"]: grown_box(n) for n in nodes}
+    ids = sorted(boxes)
+    return [(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]
+            if boxes[a][0] < boxes[b][2] and boxes[b][0] < boxes[a][2]
+            and boxes[a][1] < boxes[b][3] and boxes[b][1] < boxes[a][3]]
+
+
+@pytest.mark.parametrize("name", sorted(mw.GRAPHS))
+def test_no_node_hides_another_once_the_results_show(name):
+    ui = json.load(open(os.path.join(ROOT, "example_workflows", name + ".json")))
+    assert overlapping(ui["nodes"]) == []
+    assert all(n["pos"][0] >= 0 and n["pos"][1] - TITLE >= 0 for n in ui["nodes"])
+
+
+def test_layout_keeps_many_results_in_one_column_apart():
+    """A graph of the kind later workflows add: several Optimize nodes side by side, each saved and previewed."""
+    graph = {1: mw.EXTRACTOR, 2: ("LoadImage", dict(image="style.jpg", upload="image"), {}),
+             3: ("NST_GramStyleTarget", mw.style(), {"extractor": (1, 0), "image": (2, 0)})}
+    for i in range(4):
+        opt = 10 + 3 * i
+        graph[opt] = ("NST_StyleTransferOptimize", mw.optimize(size=256 + i),
+                      {"extractor": (1, 0), "style_target": (3, 0)})
+        graph[opt + 1] = ("SaveImage", dict(filename_prefix=f"nst/{i}"), {"images": (opt, 0)})
+        graph[opt + 2] = ("PreviewImage", {}, {"images": (opt, 0)})
+    nodes = mw.ui_format(graph)["nodes"]
+    assert overlapping(nodes) == []
+    xs = {n["type"]: n["pos"][0] for n in nodes}
+    assert xs["NST_StyleTransferOptimize"] < xs["SaveImage"] == xs["PreviewImage"]  # results to the right
+
+
+@pytest.mark.parametrize("name", sorted(mw.GRAPHS))
+def test_ui_widget_values_are_the_api_inputs_and_seeds_stay_fixed(name):
+    """widgets_values hold the API twin's values in widget order; a seed's control widget is "fixed", so that
+    queueing again does not re-run the node with a new seed (Optimize's init_seed has no control at all)."""
+    ui = json.load(open(os.path.join(ROOT, "example_workflows", name + ".json")))
+    api = json.load(open(os.path.join(ROOT, "tests", "comfy", "api_workflows", name + ".json")))
+    for node in ui["nodes"]:
+        inputs = api[str(node["id"])]["inputs"]
+        expected = []
+        for widget in mw.SPECS[node["type"]][1]:
+            if widget == "upload":  # LoadImage's upload button
+                expected.append("image")
+            elif widget in inputs:
+                expected += [inputs[widget]] + (["fixed"] if widget in ("seed", "noise_seed") else [])
+        assert node["widgets_values"] == expected, (name, node["id"], node["type"])
+        assert "randomize" not in node["widgets_values"] and "increment" not in node["widgets_values"]
+
+
+def test_specs_match_the_pack_nodes(pack):
+    """The generator's socket and widget lists are the nodes' own, in order (UI widgets_values go by position)."""
+    widget_types = ("INT", "FLOAT", "STRING", "BOOLEAN")
+    for cls, (linked, widgets, outputs) in mw.SPECS.items():
+        if cls not in pack.NODE_CLASS_MAPPINGS:
+            continue  # a core node
+        node = pack.NODE_CLASS_MAPPINGS[cls]
+        inputs = [(name, spec) for part in ("required", "optional") for name, spec in node.INPUT_TYPES().get(part, {}).items()]
+        is_widget = {name: isinstance(spec[0], list) or spec[0] in widget_types for name, spec in inputs}
+        assert [n for n, _ in inputs if is_widget[n]] == widgets, cls
+        assert [(n, spec[0]) for n, spec in inputs if not is_widget[n]] == linked, cls
+        assert [t for _, t in outputs] == list(node.RETURN_TYPES), cls
+        for name, spec in inputs:  # a control widget would add a value the generator does not write
+            assert not spec[1].get("control_after_generate") or name in mw.CONTROLLED, (cls, name)

@@ -24,6 +24,8 @@ NAMES = {
     "NST_ContentTarget": "Content Target",
     "NST_GramStyleTarget": "Gram Style Target",
     "NST_StyleTransferOptimize": "Style Transfer Optimize",
+    "NST_MatchColors": "NST Match Colors",
+    "NST_LayerExplorer": "NST Layer Explorer",
 }
 BUNDLED = "original VGG19 (bundled)"
 
@@ -41,11 +43,13 @@ def shrink(prompt: dict, size: int = 48, steps: int = 3) -> dict:
     p = copy.deepcopy(prompt)
     for node in p.values():
         ins = node["inputs"]
-        if node["class_type"] == "NST_StyleTransferOptimize":
+        if node["class_type"] in ("NST_StyleTransferOptimize", "NST_StylizeFrames"):
             ins["steps"] = steps
             ins["size"] = size if ins["size"] else 0
         if node["class_type"] == "ImageScale":
             ins["width"], ins["height"] = 64, 48
+        if node["class_type"] == "NST_LayerExplorer":
+            ins["cell_size"], ins["steps"] = 32, 2
     return p
 
 
@@ -66,7 +70,11 @@ def test_object_info_lists_the_four_nodes_with_their_inputs(comfy):
     assert set(opt("NST_GramStyleTarget")) == {"add_to", "blend_weight"}
     assert {"schedule", "steps", "content_weight", "style_weight", "tv_weight", "size", "init_seed"} <= set(
         req("NST_StyleTransferOptimize"))
-    assert set(opt("NST_StyleTransferOptimize")) == {"content_target", "style_target", "init_image"}
+    assert set(opt("NST_StyleTransferOptimize")) == {"content_target", "style_target", "init_image", "colors"}
+    assert opt("NST_StyleTransferOptimize")["colors"][0] == ["style", "luminance", "match"]
+    assert set(req("NST_MatchColors")) == {"image", "reference"}
+    assert set(req("NST_LayerExplorer")) == {"extractor", "content", "cell_size", "steps"}
+    assert set(opt("NST_LayerExplorer")) == {"style"}
     assert info["NST_StyleTransferOptimize"]["output"] == ["IMAGE"]
     assert info["NST_GramStyleTarget"]["output"] == ["NST_STYLE_TARGET"]
 
@@ -80,12 +88,16 @@ def test_example_workflow_runs(comfy, inputs, name):
     assert saves
     for nid in saves:
         images = result.images(nid)
-        assert len(images) == 1
+        assert len(images) == (4 if name == "frames_temporal" else 1)  # four frames, one image each
         w, h = images[0].size
         if name == "chained_with_core_nodes":
             assert (w, h) == (128, 96)  # 64x48 crop, stylised at its own size, blended, upscaled ×2
         elif name == "texture_synthesis":
             assert (w, h) == (48, 48)
+        elif name == "layer_explorer":  # 2 rows × 5 cells of 32 px (content 32×24), each under a label strip
+            from nst_core.explore import GAP
+
+            assert w == 5 * 32 + 6 * GAP and h > 24 + 32 + 3 * GAP, (w, h)
         else:
             assert (w, h) == (48, 36)  # 64x48 content at long edge 48
 
