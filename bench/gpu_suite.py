@@ -5,7 +5,8 @@
 Sections (each also printed): per-iteration time against a bare forward+backward at 512², 1024² and
 2048²; achieved TFLOP/s of the network in the loop; end-to-end time of the quality preset at 512 and
 1024; peak memory per output pixel at 2048²; fast-path switches (channels_last, bf16, checkpoint, compile, exact W2) on and off;
-30 consecutive runs without growth of allocated memory; determinism of two same-seed runs; and the
+30 consecutive runs without growth of allocated memory; determinism of two same-seed runs; frames at
+512 (``bench.frames``: per-frame time, temporal error against the temporal weight); and the
 side-by-side comparison of ``bench.compare`` at 512. Meant to finish within 10 minutes on an H100.
 """
 
@@ -89,6 +90,13 @@ def run_suite(quick: bool) -> str:
     a = transfer(ext, c, [s], "fast", steps=20, init="noise", seed=3)
     b = transfer(ext, c, [s], "fast", steps=20, init="noise", seed=3)
     print(f"identical: {torch.equal(a, b)}; max abs difference {float((a - b).abs().max()):.2e}", file=report)
+
+    section("Frames at 512: per-frame time and temporal error with and without the temporal loss (bench.frames)",
+            report)
+    res = subprocess.run([sys.executable, "-m", "bench.frames", "--size", "512", "--frames", "8" if quick else "16",
+                          "--device", dev, "--weights", "0", "50", "200", "800"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    print(res.stdout or res.stderr[-2000:], file=report)
 
     section("Side by side at 512 (bench.compare)", report)
     res = subprocess.run([sys.executable, "-m", "bench.compare", "--size", "512", "--device", dev],

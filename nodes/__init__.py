@@ -1,7 +1,10 @@
 """ComfyUI nodes over nst_core: thin classes that validate, convert, call the engine and convert back."""
 
 from . import comfy_bridge
+from .color_node import MatchColorsNode
+from .explore_node import LayerExplorerNode
 from .extractor_node import LoadVGGExtractor
+from .frames_node import StylizeFramesNode
 from .optimize_node import StyleTransferOptimizeNode
 from .target_nodes import ContentTargetNode, GramStyleTargetNode
 
@@ -12,6 +15,9 @@ NODE_CLASS_MAPPINGS = {
     "NST_ContentTarget": ContentTargetNode,
     "NST_GramStyleTarget": GramStyleTargetNode,
     "NST_StyleTransferOptimize": StyleTransferOptimizeNode,
+    "NST_MatchColors": MatchColorsNode,
+    "NST_LayerExplorer": LayerExplorerNode,
+    "NST_StylizeFrames": StylizeFramesNode,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -19,4 +25,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "NST_ContentTarget": "Content Target",
     "NST_GramStyleTarget": "Gram Style Target",
     "NST_StyleTransferOptimize": "Style Transfer Optimize",
+    "NST_MatchColors": "NST Match Colors",
+    "NST_LayerExplorer": "NST Layer Explorer",
+    "NST_StylizeFrames": "NST Stylize Frames",
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ..nst_core.color import COLOR_MODES, color_init, color_preview, color_targets, finish_colors
 from ..nst_core.image import to_pil
 from ..nst_core.memory import estimate_bytes, plan_memory, required_bytes
 from ..nst_core.optimize import check_max_size, optimize, output_size, style_regions, validate_settings
@@ -83,15 +84,24 @@ class StyleTransferOptimizeNode:
                 "style_target": (STYLE_TARGET, {"tooltip": "From Gram Style Target (optional; chained masked "
                                                            "targets give one style per region)."}),
                 "init_image": ("IMAGE", {"tooltip": "Start from this image instead (resized to the output)."}),
+                # a widget, optional so that API prompts written before it existed stay valid
+                "colors": (list(COLOR_MODES), {
+                    "default": "style",
+                    "tooltip": "style: paint with the style's colours. luminance: transfer on the luminance "
+                               "only and keep the content's colours (Gatys 2017). match: give the style "
+                               "images the content's colour mean and covariance first.",
+                }),
             },
         }
 
     def run(self, extractor, schedule, steps, content_weight, style_weight, tv_weight, size, init, init_seed,
-            content_target=None, style_target=None, init_image=None):
+            colors="style", content_target=None, style_target=None, init_image=None):
         if content_target is None and style_target is None:
             raise ValueError("Style Transfer Optimize needs a content_target, a style_target, or both; link one")
         check_extractor(extractor)
         regions = style_regions(style_target)
+        content_image = content_target.image if content_target is not None else None
+        content_target, regions = color_targets(colors, extractor, content_target, regions)
         statistic = regions[0].statistic if regions else None
         base = settings_for(schedule, statistic)
         settings = base.replace(
@@ -105,6 +115,7 @@ class StyleTransferOptimizeNode:
         validate_settings(settings)
         start = image_to_nst(init_image, "init_image") if init_image is not None else (
             "noise" if init == AUTO and content_target is None else ("content" if init == AUTO else init))
+        start = color_init(colors, start)
         device = bridge.compute_device()
         settings = self.fit_memory(extractor, settings, content_target, regions, start, size, device)
         progress = bridge.ProgressBar(1)
@@ -121,8 +132,8 @@ class StyleTransferOptimizeNode:
                   "with its square), or run ComfyUI with --cpu")
         with oom_advice(advice), extractor_on(extractor, device) as ext:
             out = optimize(ext, content_target, regions, start, settings, size or None,
-                           on_progress, on_preview, bridge.check_interrupt)
-        return (nst_to_image(out),)
+                           on_progress, color_preview(colors, on_preview, content_image), bridge.check_interrupt)
+        return (nst_to_image(finish_colors(colors, out, content_image)),)
 
     @staticmethod
     def fit_memory(extractor, settings, content, regions, start, size: int, device):

@@ -5,6 +5,7 @@ Standalone PyTorch: it never imports ComfyUI and never touches the network.
     from nst_core import load_extractor, ContentTarget, StyleTarget, optimize, get_preset, load_image
 """
 
+from .color import COLOR_MODES, match_colors
 from .extractor import Extractor, load_extractor
 from .image import load_image, save_image
 from .layers import layer_names
@@ -16,7 +17,7 @@ from .transfer import reconstruct, texture, transfer
 __version__ = "0.1.0"
 
 __all__ = [
-    "Cancelled", "ContentTarget", "DEFAULT_PRESET", "Extractor", "PRESETS", "Preset", "Progress",
-    "Settings", "StyleTarget", "get_preset", "layer_names", "load_extractor", "load_image", "optimize",
-    "pyramid_sizes", "reconstruct", "save_image", "texture", "transfer",
+    "COLOR_MODES", "Cancelled", "ContentTarget", "DEFAULT_PRESET", "Extractor", "PRESETS", "Preset",
+    "Progress", "Settings", "StyleTarget", "get_preset", "layer_names", "load_extractor", "load_image",
+    "match_colors", "optimize", "pyramid_sizes", "reconstruct", "save_image", "texture", "transfer",
 ]

@@ -5,42 +5,28 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 
 from .extractor import PADDINGS, POOLINGS, load_extractor
 from .image import load_image, save_image
-from .layers import parse_layers
 from .optimize import Cancelled, Progress
-from .presets import DEFAULT_PRESET, INITS, OPTIMIZERS, PRESETS, get_preset
+from .presets import DEFAULT_PRESET, INITS, OPTIMIZERS, PRESETS
+from .cli_args import nonneg_float, pick_device, positive_int, style_layers_and_weights
 from .color import COLOR_MODES
 from .statistics import STATISTICS
 from .transfer import reconstruct, texture, transfer
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _nonneg_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number ≥ 0, got {text}")
-    return value
-
-
 def _common(p: argparse.ArgumentParser, default_init: str) -> None:
     p.add_argument("-o", "--output", required=True, help="output image path (.png, .jpg, …)")
-    p.add_argument("--size", type=_positive_int, default=512, help="long edge of the output in px (default 512)")
-    p.add_argument("--steps", type=_positive_int, help="iterations per pyramid scale (default: the preset's)")
+    p.add_argument("--size", type=positive_int, default=512, help="long edge of the output in px (default 512)")
+    p.add_argument("--steps", type=positive_int, help="iterations per pyramid scale (default: the preset's)")
     p.add_argument("--init", default=default_init,
                    help=f"start image: {', '.join(INITS)} or an image path (default {default_init})")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="override the preset's optimiser")
-    p.add_argument("--tv-weight", type=_nonneg_float, help="smoothness weight")
+    p.add_argument("--tv-weight", type=nonneg_float, help="smoothness weight")
     p.add_argument("--weights", default="original",
                    help="'original' (bundled VGG19), 'random', or a torchvision-layout .pth/.safetensors file")
     p.add_argument("--arch", choices=("vgg19", "vgg16"), default="vgg19", help="network architecture")
@@ -49,7 +35,7 @@ def _common(p: argparse.ArgumentParser, default_init: str) -> None:
                    help="padding of the first convolution (replicate reduces dark or bright borders)")
     p.add_argument("--seed", type=int, default=0, help="random seed (noise init)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
-    p.add_argument("--save-every", type=_positive_int, metavar="N", help="also save the image every N steps")
+    p.add_argument("--save-every", type=positive_int, metavar="N", help="also save the image every N steps")
     p.add_argument("--checkpoint", action="store_true",
                    help="activation checkpointing per VGG block: less memory for large images, slower")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (slow start, for long runs)")
@@ -59,26 +45,8 @@ def _common(p: argparse.ArgumentParser, default_init: str) -> None:
 
 
 def _style_layer_weights(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--style-layer-weights", type=_nonneg_float, nargs="+", metavar="W",
+    p.add_argument("--style-layer-weights", type=nonneg_float, nargs="+", metavar="W",
                    help="one weight per style layer (default: the preset's for its layers, equal otherwise)")
-
-
-def style_layers_and_weights(args: argparse.Namespace) -> Tuple[List[str], Optional[List[float]]]:
-    """The style layers and their weights a ``transfer``/``texture`` command line means.
-
-    As in the Gram Style Target node: without ``--style-layer-weights``, the preset's layers get the
-    preset's weights (also when named explicitly), other layers equal weights.
-    """
-    preset = get_preset(args.preset)
-    layers = (parse_layers(args.style_layers, args.arch) if args.style_layers is not None
-              else list(preset.style_layers))
-    weights = args.style_layer_weights
-    if weights is None and tuple(layers) == tuple(preset.style_layers) and preset.style_layer_weights:
-        weights = list(preset.style_layer_weights)
-    if weights is not None and len(weights) != len(layers):
-        raise ValueError(f"--style-layer-weights has {len(weights)} number(s) for {len(layers)} style layers "
-                         f"({','.join(layers)}); give one weight per layer")
-    return layers, weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,9 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("content", help="content image")
     t.add_argument("styles", nargs="+", metavar="style", help="one or more style images")
     t.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET)
-    t.add_argument("--content-weight", type=_nonneg_float)
-    t.add_argument("--style-weight", type=_nonneg_float)
-    t.add_argument("--style-blend", type=_nonneg_float, nargs="+", metavar="W", help="one weight per style image")
+    t.add_argument("--content-weight", type=nonneg_float)
+    t.add_argument("--style-weight", type=nonneg_float)
+    t.add_argument("--style-blend", type=nonneg_float, nargs="+", metavar="W", help="one weight per style image")
     t.add_argument("--style-scale", type=float, default=1.0, help="style features scale relative to the output")
     t.add_argument("--content-layer", help="layer whose activations are the content target (e.g. relu4_2)")
     t.add_argument("--style-layers", help="comma list of style layers (e.g. relu1_1,relu2_1,relu3_1)")
@@ -111,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("texture", help="synthesise a texture from STYLE(s) alone, starting from noise")
     x.add_argument("styles", nargs="+", metavar="style", help="one or more style images")
     x.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET)
-    x.add_argument("--style-blend", type=_nonneg_float, nargs="+", metavar="W")
+    x.add_argument("--style-blend", type=nonneg_float, nargs="+", metavar="W")
     x.add_argument("--style-scale", type=float, default=1.0)
     x.add_argument("--style-layers", help="comma list of style layers (e.g. relu1_1,relu2_1,relu3_1)")
     _style_layer_weights(x)
@@ -126,21 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_explore_parser(sub)
     return parser
-
-
-def pick_device(name: str) -> torch.device:
-    """Resolve ``auto``/``cpu``/``cuda``/``mps`` to an available device, with a clear error."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but CUDA is not available; use --device cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("--device mps was asked for but MPS is not available; use --device cpu")
-    return torch.device(name)
 
 
 class _Reporter:
@@ -186,6 +139,8 @@ def run(args: argparse.Namespace) -> None:
     from . import cli_frames
 
     if cli_frames.handles(args):  # frames, a folder of images, or --ray
+        if args.command == "frames" and getattr(args, "colors", "style") != "style":
+            raise ValueError(f"--colors {args.colors} is for stills; frames keep the style's colours")
         return cli_frames.run(args)
     if args.command == "explore":
         from .cli_explore import run_explore

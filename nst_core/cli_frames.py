@@ -18,7 +18,7 @@ import shutil
 import signal
 import sys
 import threading
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 from .frames import DEFAULT_TEMPORAL_WEIGHT, FramesProgress
 from .jobs import (EngineSpec, FrameFolder, build_engine, load_still, run_frames_local, still_output,
@@ -28,6 +28,7 @@ from .presets import DEFAULT_PRESET, INITS, PRESETS
 from .statistics import STATISTICS
 from .image import load_image
 from .video import IMAGE_EXTENSIONS, is_video_path, list_images, open_frames, to_u8, write_video
+from .cli_args import nonneg_float, pick_device, positive_int, style_layers_and_weights
 
 DEFAULT_CHUNK = 12  # frames per Ray task
 DEFAULT_LEAD_IN = 2  # frames each Ray task runs before its chunk, outputs dropped
@@ -35,14 +36,13 @@ DEFAULT_LEAD_IN = 2  # frames each Ray task runs before its chunk, outputs dropp
 
 def add_ray_options(p: argparse.ArgumentParser, frames: bool) -> None:
     """``--ray`` (and, for frames, the chunking) on a subcommand."""
-    from .cli import _positive_int
 
     p.add_argument("--ray", metavar="ADDRESS",
                    help="run as Ray tasks: 'auto' (this machine's cluster, or a new local one), 'local', "
                         "or an existing cluster's address such as ray://HOST:10001 (pip install '.[ray]')")
     p.add_argument("--max-retries", type=int, default=3, help="with --ray: retries of a task whose worker died")
     if frames:
-        p.add_argument("--chunk-size", type=_positive_int, metavar="N",
+        p.add_argument("--chunk-size", type=positive_int, metavar="N",
                        help=f"frames per task (default: {DEFAULT_CHUNK} with --ray, all frames in one pass without)")
         p.add_argument("--lead-in", type=int, metavar="N",
                        help=f"frames a chunk runs before its first one to settle, outputs dropped (default {DEFAULT_LEAD_IN})")
@@ -51,21 +51,20 @@ def add_ray_options(p: argparse.ArgumentParser, frames: bool) -> None:
 def add_frames_parser(sub: "argparse._SubParsersAction", common: Callable[[argparse.ArgumentParser, str], None],
                       style_layer_weights: Optional[Callable[[argparse.ArgumentParser], None]] = None) -> None:
     """The ``frames`` subcommand; ``common`` adds the options every command shares."""
-    from .cli import _nonneg_float, _positive_int
 
     f = sub.add_parser("frames", help="stylise a sequence (a folder of frames or a video) without flicker")
     f.add_argument("input", help="a folder of frames (name order) or a video file")
     f.add_argument("styles", nargs="+", metavar="style", help="one or more style images")
-    f.add_argument("--temporal-weight", type=_nonneg_float, default=DEFAULT_TEMPORAL_WEIGHT,
+    f.add_argument("--temporal-weight", type=nonneg_float, default=DEFAULT_TEMPORAL_WEIGHT,
                    help=f"pull of each frame toward the previous one carried along the motion "
                         f"(default {DEFAULT_TEMPORAL_WEIGHT:g}; 0 = independent frames)")
     f.add_argument("--fps", type=float, help="frame rate of a video output from a folder (default: the input's, or 25)")
     f.add_argument("--keep-frames", action="store_true", help="with a video output: keep the PNG frames folder")
     f.add_argument("--overwrite", action="store_true", help="remake every frame even if the output folder has some")
     f.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET)
-    f.add_argument("--content-weight", type=_nonneg_float)
-    f.add_argument("--style-weight", type=_nonneg_float)
-    f.add_argument("--style-blend", type=_nonneg_float, nargs="+", metavar="W", help="one weight per style image")
+    f.add_argument("--content-weight", type=nonneg_float)
+    f.add_argument("--style-weight", type=nonneg_float)
+    f.add_argument("--style-blend", type=nonneg_float, nargs="+", metavar="W", help="one weight per style image")
     f.add_argument("--style-scale", type=float, default=1.0)
     f.add_argument("--content-layer", help="layer whose activations are the content target (e.g. relu4_2)")
     f.add_argument("--style-layers", help="comma list of style layers (e.g. relu1_1,relu2_1,relu3_1)")
@@ -86,7 +85,6 @@ def handles(args: argparse.Namespace) -> bool:
 
 def spec_from_args(args: argparse.Namespace) -> EngineSpec:
     """The job's :class:`EngineSpec` from a ``frames``/``transfer`` command line."""
-    from .cli import style_layers_and_weights
 
     if getattr(args, "save_every", None):
         raise ValueError("--save-every is for single images; frames and folders write each finished image")
@@ -110,6 +108,7 @@ def spec_from_args(args: argparse.Namespace) -> EngineSpec:
         temporal_weight=getattr(args, "temporal_weight", 0.0),
         size=args.size,
         init=args.init,
+        colors=getattr(args, "colors", "style"),
         arch=args.arch,
         weights=args.weights,
         pooling=args.pooling,
@@ -191,7 +190,6 @@ def run_frames(args: argparse.Namespace) -> None:
                            DEFAULT_LEAD_IN if args.lead_in is None else args.lead_in, args.ray, args.max_retries,
                            progress=lambda done, total: bar.update(done, total))
         else:
-            from .cli import pick_device
 
             pick_device(args.device)  # a clear error for an unavailable device
             with ctrl_c_cancels() as cancel:
@@ -199,8 +197,8 @@ def run_frames(args: argparse.Namespace) -> None:
                     bar.update(done, total, p.losses, frame=p.frame)
 
                 try:
-                    run_frames_local(spec, frames, source.count, out, args.chunk_size,
-                                     (args.lead_in or 0) if args.chunk_size else 0, on_progress, cancel)
+                    lead_in = (DEFAULT_LEAD_IN if args.lead_in is None else args.lead_in) if args.chunk_size else 0
+                    run_frames_local(spec, frames, source.count, out, args.chunk_size, lead_in, on_progress, cancel)
                 except Cancelled:
                     bar.close()
                     done = sum(out.has(i) for i in range(source.count))
@@ -234,7 +232,6 @@ def run_transfer_folder(args: argparse.Namespace) -> None:
             run_stills_ray(spec, files, args.output, args.ray, args.max_retries,
                            progress=lambda done, total: bar.update(done, total))
             return
-        from .cli import pick_device
 
         pick_device(args.device)
         todo = [f for f in files if not os.path.isfile(still_output(args.output, f))]

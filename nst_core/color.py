@@ -25,6 +25,7 @@ from .targets import ContentTarget, StyleTarget
 
 COLOR_MODES = ("style", "luminance", "match")
 Images = Union[torch.Tensor, Sequence[torch.Tensor]]
+Styles = Union[None, StyleTarget, Sequence[StyleTarget]]
 
 # full-range BT.601: [Y, Cb, Cr] = M @ [R, G, B] + [0, 0.5, 0.5]
 _RGB_TO_YCBCR = torch.tensor([
@@ -169,27 +170,13 @@ def color_init(mode: str, init: "str | torch.Tensor") -> "str | torch.Tensor":
     return init
 
 
-def _content_with(target: ContentTarget, extractor: Extractor, image: torch.Tensor) -> ContentTarget:
-    if hasattr(target, "with_image"):
-        return target.with_image(image)
-    # until targets.py has ContentTarget.with_image: the same target, rebuilt
-    return ContentTarget.create(extractor, image, target.layer, target.weight)
-
-
-def _style_with(target: StyleTarget, extractor: Extractor, images: List[torch.Tensor]) -> StyleTarget:
-    if hasattr(target, "with_images"):
-        return target.with_images(extractor, images)
-    # until targets.py has StyleTarget.with_images: the same target, rebuilt
-    return StyleTarget.create(extractor, images, target.layers, target.layer_weights, target.statistic,
-                              target.blend_weights, target.style_scale, target.weight)
-
-
-def color_targets(mode: str, extractor: Extractor, content: Optional[ContentTarget],
-                  style: Optional[StyleTarget]) -> Tuple[Optional[ContentTarget], Optional[StyleTarget]]:
+def color_targets(mode: str, extractor: Extractor, content: Optional[ContentTarget], style: Styles
+                  ) -> Tuple[Optional[ContentTarget], Styles]:
     """Targets already built (e.g. by the nodes) turned into the ones ``mode`` optimises for.
 
-    Same layers and weights; only the images change, as in :func:`color_inputs`. ``luminance`` and
-    ``match`` need a content target (the colours come from it); ``style`` returns both unchanged.
+    ``style`` is a style target, a list of region targets, or None. Same layers, weights and masks
+    (``with_image``/``with_images``); only the images change, as in :func:`color_inputs`. ``luminance``
+    and ``match`` need a content target (the colours come from it); ``style`` returns both unchanged.
     """
     check_mode(mode)
     if mode == "style":
@@ -198,11 +185,23 @@ def color_targets(mode: str, extractor: Extractor, content: Optional[ContentTarg
         raise ValueError(f"colors {mode!r} takes the colours from the content image, but there is no content "
                          "target; link one or use colors 'style'")
     if mode == "luminance":
-        content = _content_with(content, extractor, luminance(content.image))
-        if style is not None:
-            style = _style_with(style, extractor, [luminance(im) for im in style.images])
+        change = luminance
+        content = content.with_image(luminance(content.image))
+    else:
+        reference = content.image
+
+        def change(im: torch.Tensor) -> torch.Tensor:
+            return match_colors(im, reference)
+
+    def one(t: StyleTarget) -> StyleTarget:
+        if not isinstance(t, StyleTarget):
+            raise TypeError(f"style must be a StyleTarget or a list of them; got {type(t).__name__}")
+        return t.with_images(extractor, [change(im) for im in t.images])
+
+    if isinstance(style, (list, tuple)):
+        style = type(style)(one(t) for t in style)
     elif style is not None:
-        style = _style_with(style, extractor, [match_colors(im, content.image) for im in style.images])
+        style = one(style)
     return content, style
 
 

@@ -55,18 +55,19 @@ class Cluster:
         ray = self.ray
         if ray.is_initialized():
             return self
-        kwargs = dict(include_dashboard=False, log_to_driver=True, configure_logging=False)
-        kwargs.update(self.init_kwargs)
+        start = dict(include_dashboard=False, log_to_driver=True, configure_logging=False)
+        start.update(self.init_kwargs)  # e.g. num_cpus: only for a cluster this call starts
+        join = dict(log_to_driver=True, configure_logging=False)
         if self.address == "local":
-            ray.init(**kwargs)
+            ray.init(**start)
         elif self.address == "auto":
             try:
-                ray.init(address="auto", **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
+                ray.init(address="auto", **join)
             except ConnectionError:  # no running cluster on this machine: start one
-                ray.init(**kwargs)
+                ray.init(**start)
         else:
             try:
-                ray.init(address=self.address, **{k: v for k, v in kwargs.items() if k != "include_dashboard"})
+                ray.init(address=self.address, **join)
             except ConnectionError as exc:
                 raise ValueError(f"cannot reach the Ray cluster at {self.address!r}: {exc}") from None
         self.owned = True
@@ -90,6 +91,11 @@ class Cluster:
         have = self.ray.cluster_resources()
         key = "GPU" if resources.get("num_gpus") else "CPU"
         return max(1, int(have.get(key, 1)))
+
+
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    """The body of every task: ``fn(*args)`` (``fn`` travels with the task, so any callable works)."""
+    return fn(*args)
 
 
 def _drain(ray, pending: Dict[Any, Any], keep: int, on_result: Callable[[Any, Any], None]) -> None:
@@ -125,28 +131,32 @@ def run_frames_ray(spec: EngineSpec, frames: Iterable[np.ndarray], count: int, o
     if not tasks:
         return 0
     todo = sum(t.stop - t.first for t in tasks)
-    written = 0
+    landed = written = 0
 
     def on_result(task: ChunkTask, outputs: List[np.ndarray]) -> None:
-        nonlocal written
+        nonlocal landed, written
+        if len(outputs) != task.stop - task.first:
+            raise RuntimeError(f"the task for frames {task.first}–{task.stop - 1} returned {len(outputs)} frames")
         for i, u8 in zip(range(task.first, task.stop), outputs):
             if not out.has(i):
                 out.write(i, u8)
-            written += 1
+                written += 1
+            landed += 1
         if progress is not None:
-            progress(written, todo)
+            progress(landed, todo)
 
     with Cluster(address, **init_kwargs) as cluster:
         ray = cluster.ray
         resources, device = cluster.placement(spec.device)
         spec_ref = ray.put(dataclasses.replace(spec, device=device))
-        remote = ray.remote(task_fn or frames_task).options(max_retries=max_retries, **resources)
+        remote = ray.remote(_call).options(max_retries=max_retries, **resources)
+        body = task_fn or frames_task
         in_flight = 2 * cluster.slots(resources)
         pending: Dict[Any, ChunkTask] = {}
         try:
             for task, window in zip(tasks, windows(frames, [(t.input_start, t.stop) for t in tasks])):
                 previous = out.read(task.first - 1) if task.carry else None
-                pending[remote.remote(spec_ref, task, list(window), previous)] = task
+                pending[remote.remote(body, spec_ref, task, list(window), previous)] = task
                 _drain(ray, pending, in_flight - 1, on_result)
             _drain(ray, pending, 0, on_result)
         except BaseException:
@@ -178,12 +188,12 @@ def run_stills_ray(spec: EngineSpec, files: List[str], out_dir: str, address: st
         ray = cluster.ray
         resources, device = cluster.placement(spec.device)
         spec_ref = ray.put(dataclasses.replace(spec, device=device))
-        remote = ray.remote(still_task).options(max_retries=max_retries, **resources)
+        remote = ray.remote(_call).options(max_retries=max_retries, **resources)
         in_flight = 2 * cluster.slots(resources)
         pending: Dict[Any, str] = {}
         try:
             for path in todo:
-                pending[remote.remote(spec_ref, load_still(path, spec.size))] = path
+                pending[remote.remote(still_task, spec_ref, load_still(path, spec.size))] = path
                 _drain(ray, pending, in_flight - 1, on_result)
             _drain(ray, pending, 0, on_result)
         except BaseException:

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .extractor import Extractor
-from .image import as_rgb_batch, to_pil
+from .image import as_rgb_batch, fit_long_edge, to_pil
 from .layers import parse_layers
 from .optimize import CancelFn, Progress
 from .transfer import reconstruct, texture
@@ -50,6 +50,7 @@ class _Cell:
     row: int
     col: int
     label: str
+    hw: Tuple[int, int]  # (h, w) of its image
     make: Callable[..., torch.Tensor]  # (progress, cancel) -> [1,3,h,w]
 
 
@@ -82,39 +83,56 @@ def wrap_label(label: str, width: int, font=None) -> List[str]:
 
 
 def strip_height(labels: Sequence[str], cell: int, font=None) -> int:
-    """Height in px of the label strip above each cell: room for the longest wrapped label."""
+    """Height in px of a label strip with room for the longest of ``labels`` wrapped to ``cell`` px."""
     font = font or _font()
     lines = max((len(wrap_label(t, cell - 4, font)) for t in labels), default=1)
     return lines * _line_height(font) + 4
 
 
-def grid_size(rows: int, cols: int, cell: int, strip: int) -> Tuple[int, int]:
-    """(H, W) of a grid of ``rows``×``cols`` cells of ``cell`` px, each with a ``strip`` px label above."""
-    return rows * (strip + cell) + (rows + 1) * GAP, cols * cell + (cols + 1) * GAP
+Box = Tuple[int, int, int, int]  # (y, x, h, w) in the grid
 
 
-def compose_grid(cells: Sequence[Tuple[int, int, str, Optional[torch.Tensor]]], rows: int, cols: int,
+def layout(cells: Sequence[Tuple[int, int, str, Tuple[int, int]]], cell: int
+           ) -> Tuple[Tuple[int, int], List[Tuple[Box, Box]]]:
+    """(H, W) of the grid, and per cell its (label strip, image) boxes.
+
+    ``cells`` are ``(row, col, label, (h, w) of its image)``. Columns are ``cell`` px wide; a row is as
+    tall as its tallest image, under a label strip with room for the row's longest label
+    (:func:`strip_height`); images are centred in their slot; ``GAP`` px between and around everything.
+    """
+    rows = max(c[0] for c in cells) + 1
+    cols = max(c[1] for c in cells) + 1
+    strips = [strip_height([c[2] for c in cells if c[0] == r], cell) for r in range(rows)]
+    heights = [max((c[3][0] for c in cells if c[0] == r), default=cell) for r in range(rows)]
+    tops = [GAP + sum(strips[i] + heights[i] + GAP for i in range(r)) for r in range(rows)]
+    boxes = []
+    for row, col, _, (h, w) in cells:
+        x = GAP + col * (cell + GAP)
+        y = tops[row]
+        boxes.append(((y, x, strips[row], cell),
+                      (y + strips[row] + (heights[row] - h) // 2, x + (cell - w) // 2, h, w)))
+    return (tops[-1] + strips[-1] + heights[-1] + GAP, cols * cell + (cols + 1) * GAP), boxes
+
+
+def compose_grid(cells: Sequence[Tuple[int, int, str, Tuple[int, int], Optional[torch.Tensor]]],
                  cell: int) -> torch.Tensor:
-    """Draw ``(row, col, label, image or None)`` cells into one ``[1,3,H,W]`` grid.
+    """Draw ``(row, col, label, (h, w), image or None)`` cells into one ``[1,3,H,W]`` grid (:func:`layout`).
 
-    Each image is centred in its ``cell``×``cell`` slot; its label is written in a strip above it.
     A cell without an image (not made yet) shows only its label.
     """
     font = _font()
-    strip = strip_height([c[2] for c in cells], cell, font)
-    h, w = grid_size(rows, cols, cell, strip)
+    (h, w), boxes = layout([c[:4] for c in cells], cell)
     canvas = Image.new("RGB", (w, h), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     line_h = _line_height(font)
-    for row, col, label, image in cells:
-        x = GAP + col * (cell + GAP)
-        y = GAP + row * (strip + cell + GAP)
+    for (row, col, label, hw, image), ((sy, sx, _, _), (iy, ix, ih, iw)) in zip(cells, boxes):
         for i, line in enumerate(wrap_label(label, cell - 4, font)):
-            draw.text((x + 2, y + 2 + i * line_h), line, fill=TEXT, font=font)
+            draw.text((sx + 2, sy + 2 + i * line_h), line, fill=TEXT, font=font)
         if image is not None:
             pil = to_pil(image[:1])
-            pil.thumbnail((cell, cell))  # already at most cell px; a no-op then
-            canvas.paste(pil, (x + (cell - pil.width) // 2, y + strip + (cell - pil.height) // 2))
+            if pil.size != (iw, ih):
+                pil = pil.resize((iw, ih), Image.BICUBIC)
+            canvas.paste(pil, (ix, iy))
     t = torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255
     return t.unsqueeze(0)
 
@@ -148,7 +166,7 @@ def explore(
     sets ``style_layers[:1]``, ``style_layers[:2]``, … (:func:`nst_core.transfer.texture`, the
     ``quality`` losses, Adam, ``steps`` iterations). ``progress`` gets the steps over all cells,
     ``preview`` the grid so far after each cell, ``cancel`` is asked every iteration.
-    The geometry is :func:`grid_size` with :func:`strip_height` of the labels.
+    The geometry is :func:`layout`: columns ``cell`` px wide, a label strip above each row.
     """
     _check(cell, steps)
     layers = parse_layers(layers, extractor.arch)
@@ -156,26 +174,25 @@ def explore(
     if not layers:
         raise ValueError("layers is empty; give at least one layer to reconstruct from (e.g. relu2_2)")
     content = as_rgb_batch(content, "content image")[:1]
+    content_hw = fit_long_edge(tuple(content.shape[-2:]), cell)
     plan: List[_Cell] = []
     for col, layer in enumerate(layers):
-        plan.append(_Cell(0, col, f"content {layer}", lambda pr, ca, layer=layer: reconstruct(
+        plan.append(_Cell(0, col, f"content {layer}", content_hw, lambda pr, ca, layer=layer: reconstruct(
             extractor, content, layer, size=cell, steps=steps, init="noise", progress=pr, cancel=ca, seed=seed)))
     if style is not None:
         if not style_layers:
             raise ValueError("style_layers is empty; give at least one style layer (e.g. relu1_1)")
         for k in range(1, len(style_layers) + 1):
-            plan.append(_Cell(1, k - 1, "style " + "+".join(style_layers[:k]),
+            plan.append(_Cell(1, k - 1, "style " + "+".join(style_layers[:k]), (cell, cell),
                               lambda pr, ca, k=k: texture(extractor, style, "quality", cell,
                                                           style_layers=list(style_layers[:k]), init="noise",
                                                           progress=pr, cancel=ca, steps=steps, min_size=cell,
                                                           seed=seed)))
-    rows = 2 if style is not None else 1
-    cols = max(c.col for c in plan) + 1
     done: Dict[int, torch.Tensor] = {}
     total = steps * len(plan)
 
-    def cells() -> List[Tuple[int, int, str, Optional[torch.Tensor]]]:
-        return [(c.row, c.col, c.label, done.get(i)) for i, c in enumerate(plan)]
+    def cells() -> List[Tuple[int, int, str, Tuple[int, int], Optional[torch.Tensor]]]:
+        return [(c.row, c.col, c.label, c.hw, done.get(i)) for i, c in enumerate(plan)]
 
     for i, c in enumerate(plan):
         def on_progress(p: Progress, i: int = i, c: _Cell = c) -> None:
@@ -186,5 +203,5 @@ def explore(
         if progress is not None:  # an L-BFGS cell can stop early: report the cell as complete
             progress(ExploreProgress((i + 1) * steps, total, i, len(plan), c.label, None))
         if preview is not None and i + 1 < len(plan):
-            preview(compose_grid(cells(), rows, cols, cell))
-    return compose_grid(cells(), rows, cols, cell)
+            preview(compose_grid(cells(), cell))
+    return compose_grid(cells(), cell)

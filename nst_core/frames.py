@@ -9,7 +9,7 @@ style target is built once by the caller and shared; each frame gets its own con
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -19,14 +19,15 @@ from .extractor import Extractor
 from .flow import flow_and_mask, warp
 from .image import as_rgb_batch, resize, resize_long_edge
 from .optimize import (CancelFn, Init, PreviewFn, Progress, optimize, pyramid_sizes, smallest_scale,
-                       steps_per_scale, validate_settings)
+                       steps_per_scale, style_regions, validate_settings)
 from .presets import Settings
 from .targets import ContentTarget, StyleTarget
 
 # Weight of the temporal loss (mean squared difference to the warped previous frame, pixels in
-# 0..1). Chosen by measurement (bench/frames.py, BENCHMARKS.md): it halves the temporal error of
-# independent frames with a small loss of style.
-DEFAULT_TEMPORAL_WEIGHT = 200.0
+# 0..1). Chosen by measurement (bench/frames.py, BENCHMARKS.md): on a pan over a photograph it cuts
+# the temporal error of independent frames to about a tenth for a few per cent of style distance;
+# higher weights steady the frames further and cost more style.
+DEFAULT_TEMPORAL_WEIGHT = 50.0
 
 FlowFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ResumeFn = Callable[[int], Optional[torch.Tensor]]
@@ -42,7 +43,12 @@ class FramesProgress:
     total: Optional[int]  # frames × iterations per frame, when the number of frames is known
     frame_step: int  # iterations done on this frame
     frame_total: int  # iterations per frame
-    losses: Optional[Dict[str, float]]
+    inner: Optional[Progress] = field(default=None, repr=False, compare=False)  # optimize's own report
+
+    @property
+    def losses(self) -> Optional[Dict[str, float]]:
+        """This frame's loss parts (read from the device only when asked, on exact steps), else None."""
+        return self.inner.losses if self.inner is not None else None
 
 
 FramesProgressFn = Callable[[FramesProgress], None]
@@ -104,7 +110,7 @@ def _prepare(frame: torch.Tensor, index: int, size: Optional[int]) -> torch.Tens
 def stylize_frames(
     extractor: Extractor,
     frames: Iterable[torch.Tensor],
-    style: Optional[StyleTarget],
+    style: "Optional[StyleTarget | Sequence[StyleTarget]]",
     content_layer: str = "relu4_2",
     content_weight: float = 1.0,
     temporal_weight: float = DEFAULT_TEMPORAL_WEIGHT,
@@ -121,7 +127,8 @@ def stylize_frames(
 ) -> Iterator[torch.Tensor]:
     """Stylise ``frames`` (each ``[1,3,H,W]`` RGB 0..1, same size) in order; yields ``[1,3,h,w]`` on CPU.
 
-    ``style`` is built once and shared; each frame gets a content target at ``content_layer``.
+    ``style`` (a target, or one per masked region) is built once and shared; each frame gets a content
+    target at ``content_layer``.
     ``temporal_weight`` W > 0: frame t starts from stylised frame t-1 warped by the input's flow
     (t → t-1) and the loss gains ``W × mean(mask · (x − warped)²)``; W = 0: independent frames, each
     from ``init``. ``size`` resizes each frame to that long edge first. ``count`` (the number of
@@ -135,7 +142,7 @@ def stylize_frames(
     weight = _check_weight(temporal_weight)
     if count is not None and count < 0:
         raise ValueError(f"count (the number of frames) must be ≥ 0; got {count}")
-    layers = list(style.layers if style is not None else []) + [content_layer]
+    layers = [name for region in style_regions(style) for name in region.layers] + [content_layer]
     prev_in: Optional[torch.Tensor] = None
     prev_out: Optional[torch.Tensor] = None
     if previous is not None:
@@ -144,45 +151,44 @@ def stylize_frames(
     per_frame: Optional[int] = None
     done = 0
     for i, raw in enumerate(frames):
-        frame = _prepare(raw, i, size)
-        hw = tuple(frame.shape[-2:])
-        if prev_in is not None and tuple(prev_in.shape[-2:]) != hw:
-            raise ValueError(f"frame {i} is {hw[1]}×{hw[0]} px but the frame before it is "
-                             f"{prev_in.shape[-1]}×{prev_in.shape[-2]}; all frames must have the same size")
-        if per_frame is None:
-            per_frame = steps_per_frame(extractor, settings, hw, layers)
-        total = count * per_frame if count is not None else None
-        reused = resume(i) if resume is not None else None
-        if reused is not None:
-            out = as_rgb_batch(reused, f"reused output of frame {i}").cpu()
-            if tuple(out.shape[-2:]) != hw:
-                raise ValueError(f"the reused output of frame {i} is {out.shape[-1]}×{out.shape[-2]} px but the "
-                                 f"frame is {hw[1]}×{hw[0]}; remove it so it is made again")
-            done += per_frame
-            if progress is not None:
-                progress(FramesProgress(i, count, done, total, per_frame, per_frame, None))
-        else:
-            start, extra = init, None
-            if weight > 0 and prev_in is not None:
-                backward, mask = flow_and_mask(prev_in, frame, flow_fn)
-                warped = warp(prev_out, backward)
-                # trusted pixels start from the warped frame, the rest from the content
-                start = mask * warped + (1 - mask) * frame
-                extra = TemporalLoss(warped, mask.unsqueeze(0), weight)
-            base = done
-
-            def on_progress(p: Progress, i=i, base=base, total=total) -> None:
+        with torch.inference_mode(False):  # a ComfyUI node runs in inference mode: these tensors need autograd
+            frame = _prepare(raw, i, size)
+            hw = tuple(frame.shape[-2:])
+            if prev_in is not None and tuple(prev_in.shape[-2:]) != hw:
+                raise ValueError(f"frame {i} is {hw[1]}×{hw[0]} px but the frame before it is "
+                                 f"{prev_in.shape[-1]}×{prev_in.shape[-2]}; all frames must have the same size")
+            if per_frame is None:
+                per_frame = steps_per_frame(extractor, settings, hw, layers)
+            total = count * per_frame if count is not None else None
+            reused = resume(i) if resume is not None else None
+            if reused is not None:
+                out = as_rgb_batch(reused, f"reused output of frame {i}").cpu()
+                if tuple(out.shape[-2:]) != hw:
+                    raise ValueError(f"the reused output of frame {i} is {out.shape[-1]}×{out.shape[-2]} px but "
+                                     f"the frame is {hw[1]}×{hw[0]}; remove it so it is made again")
                 if progress is not None:
-                    progress(FramesProgress(i, count, base + p.step, total, p.step, p.total, p.losses))
+                    progress(FramesProgress(i, count, done + per_frame, total, per_frame, per_frame))
+            else:
+                start, extra = init, None
+                if weight > 0 and prev_in is not None:
+                    backward, mask = flow_and_mask(prev_in, frame, flow_fn)
+                    warped = warp(prev_out, backward)
+                    # trusted pixels start from the warped frame, the rest from the content
+                    start = mask * warped + (1 - mask) * frame
+                    extra = TemporalLoss(warped, mask.unsqueeze(0), weight)
 
-            def on_preview(step: int, image: torch.Tensor, base=base) -> None:
-                preview(base + step, image)
+                def on_progress(p: Progress, i=i, base=done, total=total) -> None:
+                    if progress is not None:
+                        progress(FramesProgress(i, count, base + p.step, total, p.step, p.total, p))
 
-            content = ContentTarget.create(extractor, frame, content_layer, content_weight)
-            out = optimize(extractor, content, style, start, settings, None, on_progress,
-                           on_preview if preview is not None else None, cancel, extra)
+                def on_preview(step: int, image: torch.Tensor, base=done) -> None:
+                    preview(base + step, image)
+
+                content = ContentTarget.create(extractor, frame, content_layer, content_weight)
+                out = optimize(extractor, content, style, start, settings, None, on_progress,
+                               on_preview if preview is not None else None, cancel, extra)
             done += per_frame
-        prev_in, prev_out = frame, quantize(out)
+            prev_in, prev_out = frame, quantize(out)
         yield out
 
 

@@ -31,6 +31,7 @@ from .layers import parse_layers
 from .optimize import CancelFn, optimize, validate_settings
 from .presets import DEFAULT_PRESET, Settings, get_preset
 from .targets import ContentTarget, StyleTarget
+from .transfer import transfer
 from .video import from_u8, to_u8
 
 FRAME_NAME = "frame_{:05d}.png"
@@ -57,6 +58,7 @@ class EngineSpec:
     temporal_weight: float = DEFAULT_TEMPORAL_WEIGHT
     size: Optional[int] = None  # long edge of the outputs (inputs are resized to it when read)
     init: str = "content"
+    colors: str = "style"  # stills only: nst_core.color's modes (frames keep the style's colours)
     arch: str = "vgg19"
     weights: str = "original"  # 'original', 'random' or a weights file every worker can read
     pooling: str = "max"
@@ -387,10 +389,14 @@ def still_task(spec: "EngineSpec | Engine", image: np.ndarray, progress=None, ca
                ) -> np.ndarray:
     """Stylise one still (uint8, already at the output size) with the spec's engine; uint8 out."""
     engine = spec if isinstance(spec, Engine) else cached_engine(spec)
-    content = ContentTarget.create(engine.extractor, from_u8(image), engine.content_layer,
-                                   engine.spec.content_weight)
-    out = optimize(engine.extractor, content, engine.style, engine.spec.init, engine.settings, None,
-                   progress, None, cancel)
+    s = engine.spec
+    if s.colors != "style":  # the style target depends on the content's colours: transfer() builds it
+        out = transfer(engine.extractor, from_u8(image), [from_u8(im) for im in s.styles], s.preset, None,
+                       engine.content_layer, engine.style.layers, engine.style.layer_weights, engine.style.statistic,
+                       s.style_blend, s.style_scale, s.init, progress, None, cancel, s.colors, **dict(s.settings))
+        return to_u8(out)
+    content = ContentTarget.create(engine.extractor, from_u8(image), engine.content_layer, s.content_weight)
+    out = optimize(engine.extractor, content, engine.style, s.init, engine.settings, None, progress, None, cancel)
     return to_u8(out)
 
 

@@ -121,3 +121,92 @@ def _conv_pairs(arch: str, deepest: str):
             c = BLOCK_CHANNELS[int(name[4]) - 1]
             yield c_in, c
             c_in = c
+
+
+def tiled_bytes(hw: Tuple[int, int], tile: int, layers: Sequence[str], settings: Settings, batch: int = 1,
+                arch: str = "vgg19", statistic: str = "moments", style_layers: "Sequence[str] | None" = None,
+                halo: "int | None" = None) -> int:
+    """Rough peak bytes of one optimisation at ``hw`` evaluated in tiles of ``tile`` px (``nst_core.tiles``).
+
+    One crop's pass (``tile`` + 2·``halo`` px a side, counted as :func:`estimate_bytes` of the crop,
+    optimiser buffers included: a margin), plus what stays image-sized: the optimiser's buffers, the
+    content target's features and, for ``moments``, the stored W2 goals of every style layer.
+    """
+    from .tiles import DEFAULT_HALO  # (tiles builds on the engine; this module stays light)
+
+    halo = DEFAULT_HALO if halo is None else halo
+    crop = (min(hw[0], tile + 2 * halo), min(hw[1], tile + 2 * halo))
+    deepest = max(layers, key=lambda n: layer_index(arch, n))
+    sizes = layer_floats(arch, hw, deepest)
+    pixels = 3 * hw[0] * hw[1] * batch
+    opt = 5 * pixels if settings.optimizer == "adam" else (
+        (3 + 2 * lbfgs_history(pixels, settings.lbfgs_history, settings.lbfgs_memory_mb)) * pixels)
+    style = list(layers if style_layers is None else style_layers)
+    content = sum(sizes[n] for n in layers if n not in style) * batch
+    goals = sum(sizes[n] for n in style) * batch if statistic == "moments" else 0
+    return estimate_bytes(crop, layers, settings, batch, arch, statistic, style_layers) + 4 * (opt + content + goals)
+
+
+def choose_tile(hw: Tuple[int, int], layers: Sequence[str], settings: Settings, free_bytes: int, batch: int = 1,
+                arch: str = "vgg19", statistic: str = "moments", style_layers: "Sequence[str] | None" = None,
+                align: int = 16, min_tile: int = 128) -> int:
+    """The tile size for ``settings.tile = auto``: 0 (whole image) when a full-resolution pass fits in
+    ``free_bytes``; else the largest tile (a multiple of ``align`` px, at least ``min_tile``) whose
+    tiled run fits.
+
+    Larger tiles waste less on halos, so the largest that fits is the fastest; below ``min_tile`` the
+    halos would cost several times the work (a 64 px halo around 128 px tiles: 4×). Raises
+    :class:`DoesNotFit` when not even ``min_tile`` fits (the image-sized buffers are then most of it).
+    """
+    def need(tile: int) -> int:
+        est = (estimate_bytes(hw, layers, settings, batch, arch, statistic, style_layers) if tile == 0 else
+               tiled_bytes(hw, tile, layers, settings, batch, arch, statistic, style_layers))
+        return required_bytes(est)
+
+    if need(0) <= free_bytes:
+        return 0
+    lowest = max(1, -(-min_tile // align))
+    steps = largest_edge(lambda k: need(k * align) <= free_bytes, max(lowest + 1, -(-max(hw) // align)), lower=lowest)
+    if steps:
+        return steps * align
+    gib = 2**30
+    fits = largest_edge(lambda edge: required_bytes(tiled_bytes(
+        fit_long_edge(hw, edge), lowest * align, layers, settings, batch, arch, statistic, style_layers)) <= free_bytes,
+        max(hw))
+    advice = (f"the largest that fits in tiles is about {fits} px (long edge)" if fits else
+              "free memory (close other models) or run on the CPU")
+    raise DoesNotFit(
+        f"a {hw[1]}×{hw[0]} px optimisation needs about {need(lowest * align) / gib:.1f} GiB even in tiles of {lowest * align} px "
+        f"(its image-sized buffers: optimiser state, content features, W2 goals), but only "
+        f"{free_bytes / gib:.1f} GiB is free; {advice}"
+    )
+
+
+def device_free_bytes(device) -> "int | None":
+    """Free memory of ``device`` in bytes: CUDA's free memory, or the CPU's available RAM (None: unknown)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:  # Linux: MemAvailable counts reclaimable cache, as psutil does
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None

@@ -169,6 +169,8 @@ def validate_settings(settings: Settings) -> None:
             raise ValueError(f"{name} must be a finite number ≥ 0; got {v}")
     if not (0 <= settings.pyramid_start <= 1):
         raise ValueError(f"pyramid_start must be in [0, 1] (a fraction of the output size); got {settings.pyramid_start}")
+    if not (0 < settings.lr_decay <= 1):
+        raise ValueError(f"lr_decay must be in (0, 1] (a factor per larger scale); got {settings.lr_decay}")
     if not (0 <= settings.ema_decay < 1):
         raise ValueError(f"ema_decay must be in [0, 1); got {settings.ema_decay}")
 
@@ -324,7 +326,7 @@ class _Run:
 
     def _adam(self, i, scales, hw, steps, x) -> torch.Tensor:
         s = self.settings
-        opt = torch.optim.Adam([x], lr=s.lr, betas=(0.9, 0.99))
+        opt = torch.optim.Adam([x], lr=s.lr * s.lr_decay**i, betas=(0.9, 0.99))
         if self.adam_state is not None:
             exp_avg, exp_avg_sq, count = self.adam_state
             m, v = carry_adam_state(exp_avg, exp_avg_sq, hw)

@@ -19,7 +19,8 @@ class Settings:
     first_steps: Optional[int] = None  # iterations at the smallest scale (default: ``steps``)
     min_size: int = 128  # smallest pyramid long edge; ≥ the output size means a single scale
     pyramid_start: float = 0.0  # smallest scale as a fraction of the output's long edge (the larger wins)
-    lr: float = 0.02  # Adam learning rate (image values are in 0..1)
+    lr: float = 0.02  # Adam learning rate at the first scale (image values are in 0..1)
+    lr_decay: float = 1.0  # Adam: the learning rate is multiplied by this at each larger scale
     ema_decay: float = 0.99  # Adam: the output is the bias-corrected running average of the iterates
     content_weight: float = 1.0
     style_weight: float = 1.0

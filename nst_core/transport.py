@@ -20,6 +20,7 @@ is relative to the residual rather than to F.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
@@ -28,15 +29,37 @@ from . import statistics as st
 from .statistics import LayerStyle
 
 
-def transport_residual(f: torch.Tensor, target: LayerStyle,
-                       weights: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(W2² per batch item divided by C, float64; residual F − Y ``[B,C,N]``) for flat features, no graph.
+@dataclass(frozen=True)
+class Transport:
+    """One layer's W2 transport at given moments: the value and the affine map F ↦ F − Y, no graph.
 
-    ``weights`` ``[B or 1,1,N]`` make the statistics of the current features weighted (a masked region).
+    ``w2`` ``[B]`` is W2² divided by C (float64); ``keep`` ``[B,C,C]`` is I − T; ``mean`` ``[B,C]`` the
+    moments' mean μ; ``shift`` ``[B,C]`` is μ − μₛ. A tiled objective gathers the moments over all tiles,
+    builds the map once and applies it to each tile's features (:func:`transport_map`).
     """
+
+    w2: torch.Tensor
+    keep: torch.Tensor
+    mean: torch.Tensor
+    shift: torch.Tensor
+
+    def residual(self, f: torch.Tensor) -> torch.Tensor:
+        """F − Y = (I − T)(F − μ) + (μ − μₛ) for flat features ``[B,C,N]``, in their dtype and device."""
+        with torch.no_grad():
+            centred = f - self.mean.to(f.device, f.dtype).unsqueeze(-1)
+            return torch.baddbmm(self.shift.to(f.device, f.dtype).unsqueeze(-1),
+                                 self.keep.to(f.device, f.dtype), centred)
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> "Transport":
+        """The map cast once for features of ``dtype`` on ``device`` (the value stays float64)."""
+        return Transport(self.w2, self.keep.to(device, dtype), self.mean.to(device, dtype),
+                         self.shift.to(device, dtype))
+
+
+def transport_map(mean: torch.Tensor, cov: torch.Tensor, target: LayerStyle) -> Transport:
+    """The transport from N(``mean`` ``[B,C]``, ``cov`` ``[B,C,C]``) to the target's Gaussian (float64 algebra)."""
     with torch.no_grad():
-        c = f.shape[1]
-        mean, cov, _ = st.centred_moments(f, weights)
+        c = cov.shape[-1]
         a = target.cov_sqrt
         dev = a.device
         mean64, cov64 = mean.to(dev, torch.float64), st.regularised(cov.to(dev, torch.float64))
@@ -49,10 +72,19 @@ def transport_residual(f: torch.Tensor, target: LayerStyle,
         trace = cov64.diagonal(dim1=-2, dim2=-1).sum(-1)
         w2 = (mean64 - t_mean).pow(2).mean(-1) + (trace + target.cov_trace - 2 * vals.sqrt().sum(-1)) / c
         keep = eye - w @ w.transpose(-1, -2)  # I − T
-        centred = f - mean.to(f.dtype).unsqueeze(-1)
-        residual = torch.baddbmm((mean64 - t_mean).to(f.device, f.dtype).unsqueeze(-1),
-                                 keep.to(f.device, f.dtype), centred)
-        return w2, residual
+        return Transport(w2, keep, mean, mean64 - t_mean)
+
+
+def transport_residual(f: torch.Tensor, target: LayerStyle,
+                       weights: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(W2² per batch item divided by C, float64; residual F − Y ``[B,C,N]``) for flat features, no graph.
+
+    ``weights`` ``[B or 1,1,N]`` make the statistics of the current features weighted (a masked region).
+    """
+    with torch.no_grad():
+        mean, cov, _ = st.centred_moments(f, weights)
+        t = transport_map(mean, cov, target)
+        return t.w2, t.residual(f)
 
 
 class _Pull(torch.autograd.Function):

@@ -64,6 +64,8 @@ def from_u8(array: np.ndarray) -> torch.Tensor:
     if not isinstance(array, np.ndarray) or array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         what = f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray) else type(array).__name__
         raise ValueError(f"a frame must be an H×W×3 uint8 array; got {what}")
+    if not array.flags.writeable:  # e.g. from Ray's object store: torch wants its own copy
+        array = array.copy()
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0).float().div(255)
 
 
@@ -80,7 +82,7 @@ class FrameSource:
 
     path: str
     files: Optional[List[str]]  # the images of a folder; None for a video
-    count: Optional[int]  # number of frames (a video may not say: None)
+    count: int  # number of frames
     fps: Fraction
 
     def frames(self, size: Optional[int] = None) -> Iterator[np.ndarray]:
@@ -112,7 +114,7 @@ def open_frames(path: str, fps: Optional[float] = None) -> FrameSource:
                 raise ValueError(f"{path!r} has no video stream")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or Fraction(25)
-            count = int(stream.frames) or None
+            count = int(stream.frames) or sum(1 for _ in container.decode(stream))  # some containers don't say
     except av.error.FFmpegError as exc:
         raise ValueError(f"{path!r} is not a video file PyAV can read: {exc}") from None
     return FrameSource(path, None, count, Fraction(fps).limit_denominator(1001) if fps else Fraction(rate))

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 import nst_core.cli as cli
-from nst_core.cli import build_parser, main, style_layers_and_weights
+from nst_core.cli import build_parser, main
+from nst_core.cli_args import style_layers_and_weights
 from nst_core.presets import get_preset
 from nst_core.targets import StyleTarget
 

@@ -39,6 +39,9 @@ def test_mappings_have_exact_display_names_and_prefixed_ids(pack):
         "NST_ContentTarget": "Content Target",
         "NST_GramStyleTarget": "Gram Style Target",
         "NST_StyleTransferOptimize": "Style Transfer Optimize",
+        "NST_MatchColors": "NST Match Colors",
+        "NST_LayerExplorer": "NST Layer Explorer",
+        "NST_StylizeFrames": "NST Stylize Frames",
     }
     assert set(pack.NODE_CLASS_MAPPINGS) == set(pack.NODE_DISPLAY_NAME_MAPPINGS)
 

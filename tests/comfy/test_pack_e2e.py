@@ -65,9 +65,10 @@ def test_object_info_lists_the_four_nodes_with_their_inputs(comfy):
     assert BUNDLED in req("NST_LoadVGGExtractor")["weights"][0]
     assert req("NST_LoadVGGExtractor")["architecture"][0] == ["vgg19", "vgg16"]
     assert set(req("NST_ContentTarget")) == {"extractor", "image", "layer", "weight"}
+    assert set(opt("NST_ContentTarget")) == {"mask", "mask_strength"}
     assert "relu4_2" in req("NST_ContentTarget")["layer"][0]
     assert {"extractor", "image", "layers", "layer_weights", "statistic", "style_scale"} <= set(req("NST_GramStyleTarget"))
-    assert set(opt("NST_GramStyleTarget")) == {"add_to", "blend_weight"}
+    assert set(opt("NST_GramStyleTarget")) == {"add_to", "blend_weight", "mask"}
     assert {"schedule", "steps", "content_weight", "style_weight", "tv_weight", "size", "init_seed"} <= set(
         req("NST_StyleTransferOptimize"))
     assert set(opt("NST_StyleTransferOptimize")) == {"content_target", "style_target", "init_image", "colors"}

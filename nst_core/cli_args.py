@@ -1,0 +1,58 @@
+"""Argument types and resolutions shared by the ``nst`` subcommands (cli, cli_frames, cli_explore)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import List, Optional, Tuple
+
+import torch
+
+from .layers import parse_layers
+from .presets import get_preset
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number ≥ 0, got {text}")
+    return value
+
+
+def style_layers_and_weights(args: argparse.Namespace) -> Tuple[List[str], Optional[List[float]]]:
+    """The style layers and their weights a ``transfer``/``texture`` command line means.
+
+    As in the Gram Style Target node: without ``--style-layer-weights``, the preset's layers get the
+    preset's weights (also when named explicitly), other layers equal weights.
+    """
+    preset = get_preset(args.preset)
+    layers = (parse_layers(args.style_layers, args.arch) if args.style_layers is not None
+              else list(preset.style_layers))
+    weights = args.style_layer_weights
+    if weights is None and tuple(layers) == tuple(preset.style_layers) and preset.style_layer_weights:
+        weights = list(preset.style_layer_weights)
+    if weights is not None and len(weights) != len(layers):
+        raise ValueError(f"--style-layer-weights has {len(weights)} number(s) for {len(layers)} style layers "
+                         f"({','.join(layers)}); give one weight per layer")
+    return layers, weights
+
+
+def pick_device(name: str) -> torch.device:
+    """Resolve ``auto``/``cpu``/``cuda``/``mps`` to an available device, with a clear error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but CUDA is not available; use --device cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps was asked for but MPS is not available; use --device cpu")
+    return torch.device(name)
