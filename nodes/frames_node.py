@@ -7,7 +7,7 @@ import torch
 from ..nst_core.frames import DEFAULT_TEMPORAL_WEIGHT, stylize_frames
 from ..nst_core.image import to_pil
 from ..nst_core.layers import layer_names
-from ..nst_core.optimize import style_regions, validate_settings
+from ..nst_core.optimizer import style_regions, validate_settings
 from ..nst_core.presets import DEFAULT_PRESET, PRESETS, get_preset, settings_for
 from ..nst_core.targets import ContentTarget
 from . import comfy_bridge as bridge

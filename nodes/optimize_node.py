@@ -6,8 +6,8 @@ from typing import Optional
 
 from ..nst_core.color import COLOR_MODES, color_init, color_preview, color_targets, finish_colors
 from ..nst_core.image import to_pil
-from ..nst_core.memory import estimate_bytes, plan_memory, required_bytes
-from ..nst_core.optimize import check_max_size, optimize, output_size, style_regions, validate_settings
+from ..nst_core.memory import DoesNotFit, choose_tile, estimate_bytes, plan_memory, required_bytes, tiled_bytes
+from ..nst_core.optimizer import check_max_size, optimize, output_size, style_regions, validate_settings
 from ..nst_core.presets import DEFAULT_PRESET, INITS, PRESETS, settings_for
 from . import comfy_bridge as bridge
 from .common import CATEGORY, CONTENT_TARGET, EXTRACTOR, STYLE_TARGET
@@ -15,6 +15,7 @@ from .convert import check_extractor, extractor_on, image_to_nst, nst_to_image, 
 
 AUTO = "auto"
 MAX_SIZE = 4096
+MIN_AUTO_TILE = 128  # automatic tiles are at least this large (px)
 
 
 def schedule_tooltip() -> str:
@@ -91,11 +92,17 @@ class StyleTransferOptimizeNode:
                                "only and keep the content's colours (Gatys 2017). match: give the style "
                                "images the content's colour mean and covariance first.",
                 }),
+                "tile": ("INT", {
+                    "default": 0, "min": 0, "max": MAX_SIZE, "step": 16,
+                    "tooltip": "0 = automatic: the whole image at once, or tiles when it would not fit in free "
+                               "memory. N: evaluate the scales larger than N px in N-px tiles (with a halo, the "
+                               "grid shifted every step): memory follows the tile, not the image; slower.",
+                }),
             },
         }
 
     def run(self, extractor, schedule, steps, content_weight, style_weight, tv_weight, size, init, init_seed,
-            colors="style", content_target=None, style_target=None, init_image=None):
+            colors="style", content_target=None, style_target=None, init_image=None, tile=0):
         if content_target is None and style_target is None:
             raise ValueError("Style Transfer Optimize needs a content_target, a style_target, or both; link one")
         check_extractor(extractor)
@@ -110,6 +117,7 @@ class StyleTransferOptimizeNode:
             style_weight=base.style_weight * style_weight,
             tv_weight=base.tv_weight * tv_weight,
             seed=init_seed,
+            tile=int(tile),
         )
         settings = settings.replace(preview_every=max(1, min(20, settings.steps // 5)))
         validate_settings(settings)
@@ -137,16 +145,28 @@ class StyleTransferOptimizeNode:
 
     @staticmethod
     def fit_memory(extractor, settings, content, regions, start, size: int, device):
-        """Ask ComfyUI for the run's memory; switch on checkpointing, or refuse with a size that fits."""
+        """Ask ComfyUI for the run's memory; switch on checkpointing, then tiles, or refuse with a size that fits.
+
+        A ``tile`` set on the node is kept, and ComfyUI is asked for what that tiled run needs.
+        """
         hw = output_size(content, start, size or None)
         check_max_size(hw, settings.max_size)
         layers = [n for t in regions for n in t.layers] + ([content.layer] if content is not None else [])
         style_layers = [n for t in regions for n in t.layers]
         batch = content.image.shape[0] if content is not None else 1
         statistic = regions[0].statistic if regions else "gram"
-        need = required_bytes(estimate_bytes(hw, layers, settings, batch, extractor.arch, statistic, style_layers))
+        model = (batch, extractor.arch, statistic, style_layers)
+        if settings.tile:
+            bridge.make_room(required_bytes(tiled_bytes(hw, settings.tile, layers, settings, *model)), device)
+            return settings
+        need = required_bytes(estimate_bytes(hw, layers, settings, *model))
         bridge.make_room(need, device)
         free: Optional[int] = bridge.free_bytes(device)
         if free is None:
             return settings
-        return plan_memory(hw, layers, settings, free, batch, extractor.arch, statistic, style_layers)
+        try:
+            return plan_memory(hw, layers, settings, free, *model)
+        except DoesNotFit:
+            if max(hw) <= MIN_AUTO_TILE:  # smaller tiles would cost more in halos than they save
+                raise
+            return settings.replace(tile=choose_tile(hw, layers, settings, free, *model, min_tile=MIN_AUTO_TILE))

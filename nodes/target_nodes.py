@@ -8,7 +8,7 @@ from typing import List, Optional
 from ..nst_core.layers import layer_names, parse_layers
 from ..nst_core.presets import DEFAULT_PRESET, get_preset
 from ..nst_core.statistics import STATISTICS
-from ..nst_core.optimize import style_regions
+from ..nst_core.optimizer import style_regions
 from ..nst_core.targets import ContentTarget, StyleTarget
 from .common import CATEGORY, CONTENT_TARGET, EXTRACTOR, STYLE_TARGET, check_choices
 from .convert import check_extractor, image_to_nst

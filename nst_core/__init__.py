@@ -9,10 +9,10 @@ from .color import COLOR_MODES, match_colors
 from .extractor import Extractor, load_extractor
 from .image import load_image, save_image
 from .layers import layer_names
-from .optimize import Cancelled, Progress, optimize, pyramid_sizes
+from .optimizer import Cancelled, Progress, optimize, pyramid_sizes
 from .presets import DEFAULT_PRESET, PRESETS, Preset, Settings, get_preset
 from .targets import ContentTarget, StyleTarget
-from .transfer import reconstruct, texture, transfer
+from .recipes import reconstruct, texture, transfer
 
 __version__ = "0.1.0"
 

@@ -10,13 +10,14 @@ from typing import List, Optional
 import torch
 
 from .extractor import PADDINGS, POOLINGS, load_extractor
-from .image import load_image, save_image
-from .optimize import Cancelled, Progress
-from .presets import DEFAULT_PRESET, INITS, OPTIMIZERS, PRESETS
+from .image import load_image, load_mask, save_image
+from .optimizer import Cancelled, Progress
+from .memory import auto_tile
+from .presets import DEFAULT_PRESET, INITS, OPTIMIZERS, PRESETS, get_preset
 from .cli_args import nonneg_float, pick_device, positive_int, style_layers_and_weights
 from .color import COLOR_MODES
 from .statistics import STATISTICS
-from .transfer import reconstruct, texture, transfer
+from .recipes import reconstruct, texture, transfer
 
 
 def _common(p: argparse.ArgumentParser, default_init: str) -> None:
@@ -39,9 +40,35 @@ def _common(p: argparse.ArgumentParser, default_init: str) -> None:
     p.add_argument("--checkpoint", action="store_true",
                    help="activation checkpointing per VGG block: less memory for large images, slower")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (slow start, for long runs)")
-    p.add_argument("--bf16", action="store_true",
-                   help="run the network in bfloat16 (CUDA, or a CPU with native bf16 such as AMX); losses stay fp32")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="the network in bfloat16 (--bf16) or fp32 (--no-bf16); default: bf16 on CPUs with native "
+                        "bf16 (AMX, AVX-512 BF16), fp32 elsewhere. Losses and the W2 algebra stay exact")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _tile_arg(text: str) -> "str | int":
+    """``--tile``: ``auto``, ``off`` (0) or a tile size in px (at least 16)."""
+    if text in ("auto", "off"):
+        return 0 if text == "off" else text
+    if not text.isdigit() or int(text) < 16:
+        raise argparse.ArgumentTypeError(f"must be 'auto', 'off' or a tile size in px (at least 16); got {text!r}")
+    return int(text)
+
+
+def _tile_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", type=_tile_arg, default="auto", metavar="auto|off|PX",
+                   help="evaluate scales larger than PX in PX-px tiles (peak memory follows the tile, not the "
+                        "image); auto (default): tiles only when the whole image would not fit in free memory")
+
+
+def _tile(args: argparse.Namespace, device: torch.device, hw, layers: List[str], statistic: Optional[str],
+          style_layers: List[str]) -> int:
+    """The tile size ``--tile`` means for an output of ``hw`` px (``auto``: from the free memory)."""
+    if args.tile != "auto":
+        return args.tile
+    preset = get_preset(getattr(args, "preset", None) or "seed")
+    settings = preset.settings.replace(optimizer=args.optimizer, checkpoint=args.checkpoint or None)
+    return auto_tile(tuple(hw), layers, settings, device, 1, args.arch, statistic or preset.statistic, style_layers)
 
 
 def _style_layer_weights(p: argparse.ArgumentParser) -> None:
@@ -62,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--style-weight", type=nonneg_float)
     t.add_argument("--style-blend", type=nonneg_float, nargs="+", metavar="W", help="one weight per style image")
     t.add_argument("--style-scale", type=float, default=1.0, help="style features scale relative to the output")
+    t.add_argument("--style-mask", nargs="+", metavar="MASK",
+                   help="one grayscale image per style image, in the same order: each style paints where its "
+                        "mask is white (regions instead of a blend)")
+    t.add_argument("--content-mask", metavar="MASK", help="grayscale image: hold the content harder where white")
+    t.add_argument("--content-mask-strength", type=nonneg_float, default=4.0,
+                   help="where the content mask is white the content loss counts 1 + this many times (default 4)")
     t.add_argument("--content-layer", help="layer whose activations are the content target (e.g. relu4_2)")
     t.add_argument("--style-layers", help="comma list of style layers (e.g. relu1_1,relu2_1,relu3_1)")
     _style_layer_weights(t)
@@ -69,11 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--colors", choices=COLOR_MODES, default="style",
                    help="style: the style's colours; luminance: transfer on the luminance only, keep the "
                         "content's colours; match: give the style the content's colour mean and covariance first")
+    _tile_option(t)
     _common(t, "content")
 
     r = sub.add_parser("reconstruct", help="rebuild CONTENT from one layer's activations, starting from noise")
     r.add_argument("content", help="content image")
     r.add_argument("--layer", default="relu4_2", help="layer to reconstruct from (default relu4_2)")
+    _tile_option(r)
     _common(r, "noise")
 
     x = sub.add_parser("texture", help="synthesise a texture from STYLE(s) alone, starting from noise")
@@ -84,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--style-layers", help="comma list of style layers (e.g. relu1_1,relu2_1,relu3_1)")
     _style_layer_weights(x)
     x.add_argument("--statistic", choices=STATISTICS)
+    _tile_option(x)
     _common(x, "noise")
 
     from .cli_frames import add_frames_parser, add_ray_options  # frames, folders and --ray
@@ -152,23 +188,30 @@ def run(args: argparse.Namespace) -> None:
     rep = _Reporter(args.quiet, args.save_every, args.output)
     settings = dict(steps=args.steps, optimizer=args.optimizer, tv_weight=args.tv_weight, seed=args.seed,
                     preview_every=args.save_every or 0, checkpoint=args.checkpoint or None,
-                    compile=args.compile or None, autocast_bf16=args.bf16 or None)
+                    compile=args.compile or None, autocast_bf16=args.bf16)
     callbacks = dict(progress=rep.progress, preview=rep.preview if args.save_every else None)
     init = _init_arg(args.init, args.size)
     try:
         if args.command == "transfer":
             content = load_image(args.content, args.size)
             styles = [load_image(s) for s in args.styles]
+            settings["tile"] = _tile(args, device, content.shape[-2:], layers + [args.content_layer or
+                                     get_preset(args.preset).content_layer], args.statistic, layers)
+            masks = [load_mask(m) for m in args.style_mask] if args.style_mask else None
+            cmask = load_mask(args.content_mask) if args.content_mask else None
             out = transfer(ext, content, styles, args.preset, None, args.content_layer, layers, weights,
                            args.statistic, args.style_blend, args.style_scale, init,
                            content_weight=args.content_weight, style_weight=args.style_weight,
-                           colors=args.colors, **callbacks, **settings)
+                           colors=args.colors, style_masks=masks, content_mask=cmask,
+                           content_mask_strength=args.content_mask_strength, **callbacks, **settings)
         elif args.command == "reconstruct":
             content = load_image(args.content, args.size)
+            settings["tile"] = _tile(args, device, content.shape[-2:], [args.layer], "gram", [])
             out = reconstruct(ext, content, args.layer, None, args.steps or 300, init, **callbacks,
                               **{k: v for k, v in settings.items() if k != "steps"})
         else:
             styles = [load_image(s) for s in args.styles]
+            settings["tile"] = _tile(args, device, (args.size, args.size), layers, args.statistic, layers)
             out = texture(ext, styles, args.preset, args.size, style_layers=layers, style_layer_weights=weights,
                           statistic=args.statistic, style_blend=args.style_blend, style_scale=args.style_scale,
                           init=init, **callbacks, **settings)

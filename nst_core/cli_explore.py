@@ -38,7 +38,7 @@ def add_explore_parser(sub: "argparse._SubParsersAction") -> None:
     e.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     # read by the shared error reporting of `nst` (cli.main)
-    e.set_defaults(bf16=False, compile=False, checkpoint=False)
+    e.set_defaults(bf16=None, compile=False, checkpoint=False)
 
 
 class _Bar:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, Iterator, Optional
 from .frames import DEFAULT_TEMPORAL_WEIGHT, FramesProgress
 from .jobs import (EngineSpec, FrameFolder, build_engine, load_still, run_frames_local, still_output,
                    still_task, write_png_atomic)
-from .optimize import Cancelled
+from .optimizer import Cancelled
 from .presets import DEFAULT_PRESET, INITS, PRESETS
 from .statistics import STATISTICS
 from .image import load_image
@@ -94,7 +94,7 @@ def spec_from_args(args: argparse.Namespace) -> EngineSpec:
     settings = dict(steps=args.steps, optimizer=args.optimizer, tv_weight=args.tv_weight, seed=args.seed,
                     content_weight=args.content_weight, style_weight=args.style_weight,
                     checkpoint=args.checkpoint or None, compile=args.compile or None,
-                    autocast_bf16=args.bf16 or None)
+                    autocast_bf16=args.bf16)
     return EngineSpec(
         styles=tuple(to_u8(load_image(s)) for s in args.styles),
         preset=args.preset,

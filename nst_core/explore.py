@@ -17,8 +17,8 @@ from PIL import Image, ImageDraw, ImageFont
 from .extractor import Extractor
 from .image import as_rgb_batch, fit_long_edge, to_pil
 from .layers import parse_layers
-from .optimize import CancelFn, Progress
-from .transfer import reconstruct, texture
+from .optimizer import CancelFn, Progress
+from .recipes import reconstruct, texture
 
 CONTENT_LAYERS = ("relu1_2", "relu2_2", "relu3_2", "relu4_2", "relu5_2")
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -161,9 +161,9 @@ def explore(
     """A labelled grid ``[1,3,H,W]`` of what each layer keeps.
 
     Row 1: ``content`` (its first image) rebuilt from noise from each of ``layers`` alone
-    (:func:`nst_core.transfer.reconstruct`: L-BFGS, ``steps`` evaluations, at long edge ``cell``).
+    (:func:`nst_core.recipes.reconstruct`: L-BFGS, ``steps`` evaluations, at long edge ``cell``).
     Row 2, when ``style`` is given: ``cell``×``cell`` textures synthesised from noise from the growing
-    sets ``style_layers[:1]``, ``style_layers[:2]``, … (:func:`nst_core.transfer.texture`, the
+    sets ``style_layers[:1]``, ``style_layers[:2]``, … (:func:`nst_core.recipes.texture`, the
     ``quality`` losses, Adam, ``steps`` iterations). ``progress`` gets the steps over all cells,
     ``preview`` the grid so far after each cell, ``cancel`` is asked every iteration.
     The geometry is :func:`layout`: columns ``cell`` px wide, a label strip above each row.

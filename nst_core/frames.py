@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .extractor import Extractor
 from .flow import flow_and_mask, warp
 from .image import as_rgb_batch, resize, resize_long_edge
-from .optimize import (CancelFn, Init, PreviewFn, Progress, optimize, pyramid_sizes, smallest_scale,
+from .optimizer import (CancelFn, Init, PreviewFn, Progress, optimize, pyramid_sizes, smallest_scale,
                        steps_per_scale, style_regions, validate_settings)
 from .presets import Settings
 from .targets import ContentTarget, StyleTarget

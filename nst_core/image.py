@@ -40,6 +40,19 @@ def load_image(path: str, long_edge: Optional[int] = None) -> torch.Tensor:
     return resize_long_edge(t, long_edge) if long_edge else t
 
 
+def load_mask(path: str) -> torch.Tensor:
+    """Read a grayscale mask file as ``[1,1,H,W]`` in 0..1 (white = 1); a colour image is converted to gray."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"mask not found: {path!r}")
+    try:
+        with Image.open(path) as im:
+            gray = ImageOps.exif_transpose(im).convert("L")
+            arr = np.asarray(gray, dtype=np.float32) / 255.0
+    except UnidentifiedImageError:
+        raise ValueError(f"{path!r} is not an image file PIL can read; give a grayscale PNG or JPEG mask") from None
+    return torch.from_numpy(np.ascontiguousarray(arr))[None, None]
+
+
 def save_image(image: torch.Tensor, path: str) -> None:
     """Write ``[1,3,H,W]`` or ``[3,H,W]`` 0..1 as an 8-bit file (format from the extension)."""
     if image.dim() == 4:

@@ -28,10 +28,10 @@ from .extractor import Extractor, load_extractor
 from .frames import DEFAULT_TEMPORAL_WEIGHT, FramesProgress, stylize_frames
 from .image import load_image
 from .layers import parse_layers
-from .optimize import CancelFn, optimize, validate_settings
+from .optimizer import CancelFn, optimize, validate_settings
 from .presets import DEFAULT_PRESET, Settings, get_preset
 from .targets import ContentTarget, StyleTarget
-from .transfer import transfer
+from .recipes import transfer
 from .video import from_u8, to_u8
 
 FRAME_NAME = "frame_{:05d}.png"

@@ -84,8 +84,8 @@ PRESETS: Dict[str, Preset] = {
         "the output size, at least 180 px) and fewer iterations.",
         style_layer_weights=(4.0, 2.0, 1.0, 1.0, 1.0),
         settings=Settings(optimizer="adam", steps=30, first_steps=60, min_size=180, pyramid_start=0.7, lr=0.06,
-                          ema_decay=0.85, content_weight=0.2, style_weight=25.0, tv_weight=2.0,
-                          transport_every=10),
+                          lr_decay=0.6, ema_decay=0.85, content_weight=0.25, style_weight=25.0, tv_weight=2.0,
+                          transport_every=7),
     ),
     "quality": Preset(
         name="quality",
@@ -94,8 +94,8 @@ PRESETS: Dict[str, Preset] = {
         "style, legible content.",
         style_layer_weights=(4.0, 2.0, 1.0, 1.0, 1.0),
         settings=Settings(optimizer="adam", steps=40, first_steps=70, min_size=128, pyramid_start=0.5, lr=0.05,
-                          ema_decay=0.9, content_weight=0.2, style_weight=25.0, tv_weight=2.0,
-                          transport_every=10),
+                          lr_decay=0.6, ema_decay=0.9, content_weight=0.25, style_weight=25.0, tv_weight=2.0,
+                          transport_every=7),
     ),
 }
 
@@ -104,7 +104,7 @@ DEFAULT_PRESET = "quality"
 #: (content weight, style weight) calibrated for each style statistic: the presets' values for the
 #: statistic they use. A preset run with another statistic takes that statistic's pair.
 LOSS_WEIGHTS: Dict[str, Tuple[float, float]] = {
-    "moments": (0.2, 25.0),
+    "moments": (0.25, 25.0),
     "gram_normalized": (1.0, 1e3),
     "gram": (1.0, 1e3),
 }

@@ -271,3 +271,32 @@ def test_backend_advice_names_the_switches_in_use():
     assert "no kernel" in missing and "PYTORCH_ENABLE_MPS_FALLBACK=1" in missing
     cpu = build_parser().parse_args(["texture", "s.jpg", "-o", "o.png", "--device", "cpu"])
     assert "report" in cli.backend_error_message(RuntimeError("a torch bug"), cpu)
+
+
+def test_style_masks_make_regions_and_a_count_mismatch_is_one_line(images, tmp_path, monkeypatch, capsys):
+    content, style = images
+    left = tmp_path / "left.png"
+    right = tmp_path / "right.png"
+    half = np.zeros((48, 64), np.uint8)
+    half[:, :32] = 255
+    Image.fromarray(half).save(left)
+    Image.fromarray(255 - half).save(right)
+    seen = []
+    real = cli.transfer
+
+    def spy(*a, **k):
+        seen.append((k["style_masks"], k["content_mask"]))
+        return real(*a, **k)
+
+    monkeypatch.setattr(cli, "transfer", spy)
+    out = tmp_path / "regions.png"
+    common = ["--weights", "random", "--size", "32", "--steps", "1", "--quiet", "--content-layer", "relu2_1",
+              "--style-layers", "relu1_1,relu2_1", "--device", "cpu"]
+    assert _run("transfer", content, style, style, "--style-mask", left, right, "--content-mask", left,
+                "-o", out, *common) == 0
+    masks, cmask = seen[-1]
+    assert [tuple(m.shape) for m in masks] == [(1, 1, 48, 64)] * 2 and float(masks[0][..., :32].min()) == 1.0
+    assert cmask is not None and Image.open(out).size == (32, 24)
+    assert _run("transfer", content, style, style, "--style-mask", left, "-o", out, *common) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 style masks for 2 style images" in err[0]

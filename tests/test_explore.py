@@ -8,7 +8,7 @@ import torch
 from nst_core import explore as ex
 from nst_core.cli import main
 from nst_core.image import fit_long_edge, load_image, resize, save_image
-from nst_core.optimize import Cancelled
+from nst_core.optimizer import Cancelled
 
 SMALL = dict(cell=32, steps=2)
 

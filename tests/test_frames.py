@@ -18,7 +18,7 @@ from nst_core.cli import main
 from nst_core.frames import FramesProgress, TemporalLoss, quantize, stylize_frames, temporal_error
 from nst_core.image import load_image
 from nst_core.jobs import ChunkTask, EngineSpec, FrameFolder, plan_chunks, run_frames_local, windows
-from nst_core.optimize import Cancelled
+from nst_core.optimizer import Cancelled
 from nst_core.video import to_u8
 
 from conftest import SHARED_IMAGES, stripes_image

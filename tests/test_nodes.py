@@ -217,7 +217,7 @@ def test_the_schedule_takes_the_weights_calibrated_for_the_targets_statistic(nod
         st = _style(nodes, extractor, torch.rand(1, 32, 32, 3))  # moments
         _optimize(nodes, extractor, content_target=ct, style_target=st, schedule="seed", steps=1, size=32)
     s = memory_bridge["settings"][-1]
-    assert s.optimizer == "lbfgs" and (s.content_weight, s.style_weight) == (0.2, 25.0)  # not 1000 on W2
+    assert s.optimizer == "lbfgs" and (s.content_weight, s.style_weight) == (0.25, 25.0)  # not 1000 on W2
 
 
 def test_the_seed_input_has_no_randomize_control():

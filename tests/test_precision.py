@@ -15,7 +15,7 @@ import nst_core
 from nst_core import ContentTarget, StyleTarget, get_preset, load_image, optimize
 from nst_core import precision
 from nst_core import statistics as st
-from nst_core.optimize import Cancelled
+from nst_core.optimizer import Cancelled
 from nst_core.transport import W2Style
 from tf32_emulation import TF32, round_tf32
 

@@ -24,7 +24,7 @@ from nst_core.image import fit_long_edge
 from nst_core.presets import INITS, OPTIMIZERS
 from nst_core.statistics import STATISTICS
 
-optimize_module = importlib.import_module("nst_core.optimize")  # (nst_core.optimize is the function)
+optimize_module = importlib.import_module("nst_core.optimizer")
 
 REFUSALS = (ValueError, TypeError, FileNotFoundError)  # the documented errors for bad arguments
 EXAMPLES = int(os.environ.get("NST_PROPERTY_EXAMPLES", "25"))

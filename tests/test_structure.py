@@ -65,7 +65,7 @@ def test_no_public_function_shadows_its_module():
 def test_one_progress_name():
     sources = _sources()
     defined = [m for m, s in sources.items() if re.search(r"^class Progress\b", s, re.M)]
-    assert defined == ["nst_core.optimize"] or len(defined) == 1, defined
+    assert defined == ["nst_core.optimizer"] or len(defined) == 1, defined
 
 
 def test_no_process_wide_switch_outside_precision():

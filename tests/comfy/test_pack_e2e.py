@@ -26,6 +26,7 @@ NAMES = {
     "NST_StyleTransferOptimize": "Style Transfer Optimize",
     "NST_MatchColors": "NST Match Colors",
     "NST_LayerExplorer": "NST Layer Explorer",
+    "NST_StylizeFrames": "NST Stylize Frames",
 }
 BUNDLED = "original VGG19 (bundled)"
 
@@ -53,7 +54,7 @@ def shrink(prompt: dict, size: int = 48, steps: int = 3) -> dict:
     return p
 
 
-def test_object_info_lists_the_four_nodes_with_their_inputs(comfy):
+def test_object_info_lists_the_nodes_with_their_inputs(comfy):
     info = comfy.object_info()
     for node_id, display in NAMES.items():
         assert node_id in info, f"{node_id} missing from /object_info"

@@ -1,4 +1,4 @@
-"""The three jobs in one call each: style transfer, single-layer reconstruction, texture synthesis."""
+"""The three uses in one call each: style transfer, single-layer reconstruction, texture synthesis."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from .color import color_init, color_inputs, color_preview, finish_colors
 from .extractor import Extractor
 from .image import as_rgb_batch, fit_long_edge, resize_long_edge
 from .layers import parse_layers
-from .optimize import Init, PreviewFn, ProgressFn, CancelFn, check_max_size, check_size, optimize, validate_settings
+from .optimizer import Init, PreviewFn, ProgressFn, CancelFn, check_max_size, check_size, optimize, validate_settings
 from .presets import DEFAULT_PRESET, get_preset, settings_for
 from .targets import ContentTarget, StyleTarget
 
@@ -42,9 +42,17 @@ def transfer(
     preview: Optional[PreviewFn] = None,
     cancel: Optional[CancelFn] = None,
     colors: str = "style",
+    style_masks: Optional[Sequence[torch.Tensor]] = None,
+    content_mask: Optional[torch.Tensor] = None,
+    content_mask_strength: float = 4.0,
     **settings: Any,
 ) -> torch.Tensor:
     """Stylise ``content`` (``[B,3,H,W]`` 0..1) with ``styles``; extra keywords override the preset's settings.
+
+    ``style_masks`` (one ``[H,W]``/``[1,1,H,W]`` mask in 0..1 per style image, any size) give each style
+    its own region of the output instead of blending them (``style_blend`` then weighs the regions);
+    where no mask covers, the content alone rules. ``content_mask`` holds the content harder where it is
+    white (the content loss there counts ``1 + content_mask_strength`` times).
 
     ``colors`` (``nst_core.color``): ``style`` paints with the style's colours; ``match`` first gives each
     style image the content's colour mean and covariance; ``luminance`` is Gatys et al. 2017's
@@ -63,11 +71,30 @@ def transfer(
     if weights is None and style_layers is None:
         weights = p.style_layer_weights
     target_content, styles = color_inputs(colors, content, styles)
-    c = ContentTarget.create(extractor, target_content, content_layer or p.content_layer)
-    s = StyleTarget.create(extractor, styles, layers, weights, statistic or p.statistic, style_blend, style_scale)
+    c = ContentTarget.create(extractor, target_content, content_layer or p.content_layer, 1.0, content_mask,
+                             content_mask_strength)
+    s = style_targets(extractor, styles, layers, weights, statistic or p.statistic, style_blend, style_scale,
+                      style_masks)
     preview = color_preview(colors, preview, content)
     out = optimize(extractor, c, s, color_init(colors, init), run_settings, None, progress, preview, cancel)
     return finish_colors(colors, out, content)
+
+
+def style_targets(extractor: Extractor, styles: "torch.Tensor | Sequence[torch.Tensor]", layers: Sequence[str],
+                  weights: Optional[Sequence[float]], statistic: str, blend: Optional[Sequence[float]],
+                  scale: float, masks: Optional[Sequence[torch.Tensor]] = None):
+    """One blended style target, or, with ``masks``, one masked target per style image (regions)."""
+    if masks is None:
+        return StyleTarget.create(extractor, styles, layers, weights, statistic, blend, scale)
+    images = list(styles) if not isinstance(styles, torch.Tensor) else [styles[i : i + 1] for i in range(styles.shape[0])]
+    if len(masks) != len(images):
+        raise ValueError(f"got {len(masks)} style masks for {len(images)} style images; give one mask per style "
+                         "image, in the same order")
+    region_weights = list(blend) if blend is not None else [1.0] * len(images)
+    if len(region_weights) != len(images):
+        raise ValueError(f"got {len(region_weights)} style blend weights for {len(images)} style images; give one per image")
+    return [StyleTarget.create(extractor, im, layers, weights, statistic, None, scale, w, mask=m)
+            for im, m, w in zip(images, masks, region_weights)]
 
 
 def reconstruct(

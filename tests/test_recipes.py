@@ -1,4 +1,4 @@
-"""nst_core.transfer: the one-call jobs (transfer, reconstruct, texture) with random weights."""
+"""nst_core.recipes: the one-call jobs (transfer, reconstruct, texture) with random weights."""
 
 from __future__ import annotations
 

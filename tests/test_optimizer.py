@@ -1,4 +1,4 @@
-"""nst_core.optimize: pyramid, optimisers, callbacks, validation (random weights, tiny images)."""
+"""nst_core.optimizer: pyramid, optimisers, callbacks, validation (random weights, tiny images)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import nst_core
 from nst_core import Cancelled, ContentTarget, Progress, Settings, StyleTarget, optimize, pyramid_sizes
 from nst_core.image import fit_long_edge
 from nst_core.losses import content_loss, style_loss, tv_loss
-from nst_core.optimize import AveragedIterate, steps_per_scale
+from nst_core.optimizer import AveragedIterate, steps_per_scale
 
 LAYERS = ("relu1_1", "relu2_1", "relu3_1")
 ONE_SCALE = 10_000  # a min_size above every test image: a single pyramid scale
@@ -385,7 +385,7 @@ def test_lbfgs_makes_one_update_per_function_evaluation(rand_ext, content, monke
 def test_compile_without_a_cpp_compiler_is_a_clear_error(rand_ext, images, monkeypatch):
     import importlib
 
-    monkeypatch.setattr(importlib.import_module("nst_core.optimize").shutil, "which", lambda name: None)
+    monkeypatch.setattr(importlib.import_module("nst_core.optimizer").shutil, "which", lambda name: None)
     c = ContentTarget.create(rand_ext, images.gradient(32, 32), "relu1_1")
     with pytest.raises(ValueError, match="C\\+\\+ compiler"):
         optimize(rand_ext, c, None, "content", Settings(steps=1, compile=True))
@@ -437,13 +437,13 @@ def test_channels_last_is_the_default_and_gives_the_same_image(rand_ext, content
 
 
 def test_the_pyramid_starts_at_a_fraction_of_the_output_size():
-    from nst_core.optimize import smallest_scale
+    from nst_core.optimizer import smallest_scale
 
     s = Settings(min_size=128, pyramid_start=0.5)
     assert smallest_scale(s, (384, 512)) == 256 and smallest_scale(s, (192, 256)) == 128
     assert [max(hw) for hw in pyramid_sizes((384, 512), smallest_scale(s, (384, 512)))] == [256, 362, 512]
     assert smallest_scale(Settings(min_size=128), (384, 512)) == 128  # 0: min_size alone
-    from nst_core.optimize import validate_settings
+    from nst_core.optimizer import validate_settings
 
     with pytest.raises(ValueError, match="pyramid_start"):
         validate_settings(Settings(pyramid_start=1.5))
@@ -496,7 +496,7 @@ def test_adams_state_carried_up_the_pyramid_keeps_the_step_size(rand_ext, images
     sizes, late = _adam_step_sizes(monkeypatch, rand_ext, c, s, settings)
     assert len(sizes) == 3
     kept = late[-1] / late[0]
-    module = sys.modules["nst_core.optimize"]
+    module = sys.modules["nst_core.optimizer"]
     unscaled = lambda m, v, hw: (torch.nn.functional.interpolate(m, size=hw, mode="bicubic"),  # noqa: E731
                                  torch.nn.functional.interpolate(v, size=hw, mode="bilinear").clamp_min(0))
     monkeypatch.setattr(module, "carry_adam_state", unscaled)
