@@ -9,11 +9,12 @@ is the default there). Runs alternate (fp32, bf16, fp32, bf16, …) so both see 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 
-from nst_core import load_extractor, transfer
+from nst_core import load_extractor, save_image, transfer
 from nst_core.precision import cpu_has_native_bf16
 
 from .common import bench_images, describe_device, print_table, sync
@@ -25,6 +26,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--out", help="folder for the output images (default: none written)")
     args = ap.parse_args(argv)
     ext = load_extractor(device=args.device)
     content, style = bench_images(args.size)
@@ -39,6 +41,8 @@ def main(argv=None) -> int:
             sync(ext.device)
             times[bf16].append(time.perf_counter() - t)
             scores[bf16] = referee.score(out)
+            if args.out:
+                save_image(out, os.path.join(args.out, f"quality_{args.size}_{'bf16' if bf16 else 'fp32'}.png"))
     print(f"size {args.size}, {describe_device(args.device)}; native bf16 on this CPU: {cpu_has_native_bf16()}")
     rows = [{"network": "bf16" if bf16 else "fp32", "seconds": f"{statistics.median(times[bf16]):.1f}",
              "content dist": f"{scores[bf16]['content']:.3f}", "style dist": f"{scores[bf16]['style']:.3f}"}
