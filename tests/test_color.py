@@ -213,12 +213,19 @@ def test_luminance_transfer_keeps_the_content_chroma_and_match_keeps_its_palette
     assert luma_change > 0.03  # the luminance itself was stylised, not only copied
 
 
-def test_cli_colors_on_a_folder_is_refused_not_ignored(images, tmp_path, capsys):
-    from nst_core.image import save_image
+def test_cli_colors_on_a_folder_is_honoured_not_ignored(images, tmp_path):
+    """A folder of stills takes --colors too: luminance keeps each photo's chroma."""
+    from nst_core.color import rgb_to_ycbcr
+    from nst_core.image import load_image, save_image
 
     (tmp_path / "in").mkdir()
-    save_image(images.gradient(40, 56), str(tmp_path / "in" / "a.png"))
+    photo = images.gradient(40, 56)
+    save_image(photo, str(tmp_path / "in" / "a.png"))
     save_image(images.checkerboard(48, 48), str(tmp_path / "s.png"))
     code = main(["transfer", str(tmp_path / "in"), str(tmp_path / "s.png"), "-o", str(tmp_path / "out"),
-                 "--colors", "luminance", "--weights", "random", "--device", "cpu", "--quiet"])
-    assert code == 2 and "--colors luminance works on one content image" in capsys.readouterr().err
+                 "--colors", "luminance", "--weights", "random", "--device", "cpu", "--quiet", "--steps", "2",
+                 "--content-layer", "relu2_1", "--style-layers", "relu1_1,relu2_1", "--size", "56"])
+    assert code == 0
+    out = load_image(str(tmp_path / "out" / "a.png"))
+    chroma = lambda im: rgb_to_ycbcr(im)[:, 1:]  # noqa: E731
+    assert float((chroma(out) - chroma(photo)).abs().mean()) < 0.02
