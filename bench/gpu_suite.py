@@ -6,7 +6,8 @@ Sections (each also printed): per-iteration time against a bare forward+backward
 2048²; achieved TFLOP/s of the network in the loop; end-to-end time of the quality preset at 512 and
 1024; peak memory per output pixel at 2048²; fast-path switches (channels_last, bf16, checkpoint, compile, exact W2) on and off;
 30 consecutive runs without growth of allocated memory; determinism of two same-seed runs; frames at
-512 (``bench.frames``: per-frame time, temporal error against the temporal weight); and the
+512 (``bench.frames``: per-frame time, temporal error against the temporal weight); the quality preset
+at 4096 px in tiles of 1024 px (time, peak memory against the memory model; not with --quick); and the
 side-by-side comparison of ``bench.compare`` at 512. Meant to finish within 10 minutes on an H100.
 """
 
@@ -24,7 +25,7 @@ from typing import Dict, List
 import torch
 
 from nst_core import get_preset, load_extractor, transfer
-from nst_core.memory import estimate_bytes
+from nst_core.memory import estimate_bytes, tiled_bytes
 
 from .common import ROOT, bench_images, describe_device, print_table
 from .iteration import switch_rows
@@ -34,6 +35,28 @@ MAC_PER_PIXEL_RELU5_1 = 361e3  # VGG19 up to relu5_1 (see the style-transfer ref
 
 def section(title: str, out: io.StringIO) -> None:
     print(f"\n## {title}\n", file=out)
+
+
+TILE_4096, TILED_STEPS = 1024, 20
+
+
+def tiled_4096(ext) -> Dict[str, object]:
+    """The quality preset at 4096 px (long edge) in tiles: time, peak memory against the memory model."""
+    c, s = bench_images(4096)
+    p = get_preset("quality")
+    layers, style = list(p.style_layers) + [p.content_layer], list(p.style_layers)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t = time.perf_counter()
+    y = transfer(ext, c, [s], "quality", steps=TILED_STEPS, tile=TILE_4096)
+    torch.cuda.synchronize()
+    secs = time.perf_counter() - t
+    hw = tuple(y.shape[-2:])
+    tiled = tiled_bytes(hw, TILE_4096, layers, p.settings, style_layers=style)
+    whole = estimate_bytes(hw, layers, p.settings, style_layers=style)
+    return {"size": f"{hw[1]}x{hw[0]}", "seconds": f"{secs:.1f}",
+            "peak MiB": f"{torch.cuda.max_memory_allocated() / 2**20:.0f}",
+            "tiled model MiB": f"{tiled / 2**20:.0f}", "whole-image model MiB": f"{whole / 2**20:.0f}"}
 
 
 def run_suite(quick: bool) -> str:
@@ -76,6 +99,13 @@ def run_suite(quick: bool) -> str:
     with contextlib.redirect_stdout(report):
         print_table(rows)
 
+    if not quick:
+        section(f"4096 px in tiles of {TILE_4096} px (quality preset, {TILED_STEPS} steps a scale; nst_core.tiles)",
+                report)
+        row = tiled_4096(ext)
+        with contextlib.redirect_stdout(report):
+            print_table([row])
+
     section("30 consecutive runs: allocated memory", report)
     c, s = bench_images(128)
     allocated = []
@@ -109,7 +139,7 @@ def main(argv=None) -> int:
     """Run the suite and write ``gpu_suite.md`` into ``--out``."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="folder for gpu_suite.md")
-    ap.add_argument("--quick", action="store_true", help="skip 2048²")
+    ap.add_argument("--quick", action="store_true", help="skip 2048² and the 4096 px tiled run")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench.gpu_suite needs CUDA; use bench.iteration / bench.compare on the CPU")

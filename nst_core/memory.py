@@ -130,7 +130,8 @@ def tiled_bytes(hw: Tuple[int, int], tile: int, layers: Sequence[str], settings:
 
     One crop's pass (``tile`` + 2·``halo`` px a side, counted as :func:`estimate_bytes` of the crop,
     optimiser buffers included: a margin), plus what stays image-sized: the optimiser's buffers, the
-    content target's features and, for ``moments``, the stored W2 goals of every style layer.
+    content target's features and, for ``moments`` with steps between W2 refreshes, the stored goals
+    of every style layer.
     """
     from .tiles import DEFAULT_HALO  # (tiles builds on the engine; this module stays light)
 
@@ -143,7 +144,8 @@ def tiled_bytes(hw: Tuple[int, int], tile: int, layers: Sequence[str], settings:
         (3 + 2 * lbfgs_history(pixels, settings.lbfgs_history, settings.lbfgs_memory_mb)) * pixels)
     style = list(layers if style_layers is None else style_layers)
     content = sum(sizes[n] for n in layers if n not in style) * batch
-    goals = sum(sizes[n] for n in style) * batch if statistic == "moments" else 0
+    refreshes_only = settings.optimizer != "adam" or settings.transport_every <= 1  # (tiles.needs_goals)
+    goals = sum(sizes[n] for n in style) * batch if statistic == "moments" and not refreshes_only else 0
     return estimate_bytes(crop, layers, settings, batch, arch, statistic, style_layers) + 4 * (opt + content + goals)
 
 
@@ -165,18 +167,19 @@ def choose_tile(hw: Tuple[int, int], layers: Sequence[str], settings: Settings, 
 
     if need(0) <= free_bytes:
         return 0
-    lowest = max(1, -(-min_tile // align))
-    steps = largest_edge(lambda k: need(k * align) <= free_bytes, max(lowest + 1, -(-max(hw) // align)), lower=lowest)
+    lowest = max(1, -(-min_tile // align))  # in units of align
+    steps = largest_edge(lambda k: need(k * align) <= free_bytes, max(lowest + 1, -(-max(hw) // align)),
+                         lower=lowest)
     if steps:
         return steps * align
-    gib = 2**30
+    gib, smallest = 2**30, lowest * align
     fits = largest_edge(lambda edge: required_bytes(tiled_bytes(
-        fit_long_edge(hw, edge), lowest * align, layers, settings, batch, arch, statistic, style_layers)) <= free_bytes,
+        fit_long_edge(hw, edge), smallest, layers, settings, batch, arch, statistic, style_layers)) <= free_bytes,
         max(hw))
     advice = (f"the largest that fits in tiles is about {fits} px (long edge)" if fits else
               "free memory (close other models) or run on the CPU")
     raise DoesNotFit(
-        f"a {hw[1]}×{hw[0]} px optimisation needs about {need(lowest * align) / gib:.1f} GiB even in tiles of {lowest * align} px "
+        f"a {hw[1]}×{hw[0]} px optimisation needs about {need(smallest) / gib:.1f} GiB even in tiles of {smallest} px "
         f"(its image-sized buffers: optimiser state, content features, W2 goals), but only "
         f"{free_bytes / gib:.1f} GiB is free; {advice}"
     )
@@ -210,3 +213,13 @@ def device_free_bytes(device) -> "int | None":
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def auto_tile(hw: Tuple[int, int], layers: Sequence[str], settings: Settings, device, batch: int = 1,
+              arch: str = "vgg19", statistic: str = "moments",
+              style_layers: "Sequence[str] | None" = None) -> int:
+    """``tile = auto``: :func:`choose_tile` for what ``device`` has free now (0 when that is unknown)."""
+    free = device_free_bytes(device)
+    if free is None:
+        return 0
+    return choose_tile(hw, layers, settings, free, batch, arch, statistic, style_layers)

@@ -8,19 +8,12 @@ import torch
 
 from .extractor import Extractor
 from .losses import content_loss, style_loss, tv_loss
-from .precision import autocast, cpu_has_native_bf16
+from .precision import autocast, use_bf16
 from .presets import Settings
-from .targets import ContentTarget, StyleTarget, mask_at
+from .targets import ContentTarget, StyleTarget, mask_at, region_masks
 from .transport import W2Style
 
 ExtraLossFn = Callable[[torch.Tensor], torch.Tensor]  # image [B,3,h,w] at the current scale -> weighted scalar loss
-
-
-def use_bf16(settings: Settings, device: torch.device) -> bool:
-    """The network in bf16: as set, or by default on CPUs with native bf16 (AMX, AVX-512 BF16)."""
-    if settings.autocast_bf16 is not None:
-        return bool(settings.autocast_bf16)
-    return device.type == "cpu" and cpu_has_native_bf16()
 
 
 class Objective:
@@ -39,7 +32,7 @@ class Objective:
         dev = extractor.device
         self.content_feats = content.at_size(extractor, hw).clone() if content is not None else None
         self.content_weights: Dict[Tuple[int, int], Optional[torch.Tensor]] = {}
-        self.region_masks = _region_masks(regions, hw, dev)
+        self.region_masks = region_masks(regions, hw, dev)
         self.style_targets = [t.at_size(extractor, max(hw)) for t in regions]
         layers: List[str] = []
         for t in regions:
@@ -116,18 +109,7 @@ def make_objective(extractor: Extractor, settings: Settings, hw: Tuple[int, int]
                    regions: Tuple[StyleTarget, ...], extra_loss: Optional[ExtraLossFn] = None):
     """The objective for one pyramid scale: whole-image, or tiled when ``settings.tile`` is smaller than it."""
     if settings.tile and max(hw) > settings.tile:
-        from .tiles import TiledObjective  # (tiles builds on Objective)
+        from .tiles import TiledObjective  # (lazy: the tiles are the rarer case)
 
         return TiledObjective(extractor, settings, hw, content, regions, extra_loss)
     return Objective(extractor, settings, hw, content, regions, extra_loss)
-
-
-def _region_masks(regions: Tuple[StyleTarget, ...], hw: Tuple[int, int],
-                  device: torch.device) -> List[Optional[torch.Tensor]]:
-    """Each region's mask at the output grid; an unmasked style among masked ones covers what they leave."""
-    masks = [mask_at(t.mask, hw, device) for t in regions]
-    given = [m for m in masks if m is not None]
-    if not given or len(given) == len(masks):
-        return masks
-    rest = (1 - torch.stack([m.expand(-1, 1, -1, -1)[:1] for m in given]).sum(0)).clamp(0, 1)
-    return [rest if m is None else m for m in masks]

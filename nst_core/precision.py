@@ -14,9 +14,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from typing import Any, Dict, Iterator
+from typing import TYPE_CHECKING, Any, Dict, Iterator
 
 import torch
+
+if TYPE_CHECKING:
+    from .presets import Settings
 
 FP64_DEVICES = ("cpu", "cuda", "xpu")  # device types with float64 kernels (CUDA includes ROCm)
 
@@ -76,6 +79,13 @@ def cpu_has_native_bf16() -> bool:
         except Exception:  # a probe that fails means "unknown": stay in fp32
             continue
     return False
+
+
+def use_bf16(settings: "Settings", device: torch.device) -> bool:
+    """The network in bf16: as ``settings.autocast_bf16`` says, or by default on CPUs with native bf16."""
+    if settings.autocast_bf16 is not None:
+        return bool(settings.autocast_bf16)
+    return device.type == "cpu" and cpu_has_native_bf16()
 
 
 def autocast(device: torch.device, bf16: bool) -> "contextlib.AbstractContextManager[Any]":

@@ -293,3 +293,14 @@ def _style_images(images: "torch.Tensor | Sequence[torch.Tensor]") -> Tuple[torc
     if not imgs:
         raise ValueError("no style image given; give at least one")
     return imgs
+
+
+def region_masks(regions: Sequence[StyleTarget], hw: Tuple[int, int],
+                 device: torch.device) -> List[Optional[torch.Tensor]]:
+    """Each region's mask at the output grid; an unmasked style among masked ones covers what they leave."""
+    masks = [mask_at(t.mask, hw, device) for t in regions]
+    given = [m for m in masks if m is not None]
+    if not given or len(given) == len(masks):
+        return masks
+    rest = (1 - torch.stack([m.expand(-1, 1, -1, -1)[:1] for m in given]).sum(0)).clamp(0, 1)
+    return [rest if m is None else m for m in masks]

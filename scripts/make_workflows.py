@@ -41,7 +41,8 @@ SPECS: Dict[str, Tuple[List[Tuple[str, str]], List[str], List[Tuple[str, str]]]]
     "NST_StyleTransferOptimize": (
         [("extractor", "NST_EXTRACTOR"), ("content_target", "NST_CONTENT_TARGET"),
          ("style_target", "NST_STYLE_TARGET"), ("init_image", "IMAGE")],
-        ["schedule", "steps", "content_weight", "style_weight", "tv_weight", "size", "init", "init_seed", "colors"],
+        ["schedule", "steps", "content_weight", "style_weight", "tv_weight", "size", "init", "init_seed", "colors",
+         "tile"],
         [("image", "IMAGE")]),
     "NST_MatchColors": ([("image", "IMAGE"), ("reference", "IMAGE")], [], [("image", "IMAGE")]),
     "NST_LayerExplorer": ([("extractor", "NST_EXTRACTOR"), ("content", "IMAGE"), ("style", "IMAGE")],
@@ -78,7 +79,7 @@ def style(**kw):
 
 def optimize(**kw):
     w = dict(schedule="quality", steps=0, content_weight=1.0, style_weight=1.0, tv_weight=1.0, size=512,
-             init="auto", init_seed=0, colors="style")
+             init="auto", init_seed=0, colors="style", tile=0)
     w.update(kw)
     return w
 
@@ -205,6 +206,18 @@ GRAPHS = {
         4: ("NST_LayerExplorer", dict(cell_size=128, steps=100),
             {"extractor": (1, 0), "content": (2, 0), "style": (3, 0)}),
         5: ("SaveImage", dict(filename_prefix="nst/layer_explorer"), {"images": (4, 0)}),
+    }),
+    "large_image_in_tiles": ("A large image in tiles: 2048 px evaluated in tiles of 512 px (each read with a "
+                             "halo; the grid moves every step, so no seam settles). Memory follows the tile, "
+                             "not the image; tile = 0 picks tiles by itself when the whole image would not fit.", {
+        1: EXTRACTOR,
+        2: ("LoadImage", dict(image="content.jpg", upload="image"), {}),
+        3: ("LoadImage", dict(image="style.jpg", upload="image"), {}),
+        4: ("NST_ContentTarget", dict(layer="relu4_2", weight=1.0), {"extractor": (1, 0), "image": (2, 0)}),
+        5: ("NST_GramStyleTarget", style(), {"extractor": (1, 0), "image": (3, 0)}),
+        6: ("NST_StyleTransferOptimize", optimize(size=2048, tile=512),
+            {"extractor": (1, 0), "content_target": (4, 0), "style_target": (5, 0)}),
+        7: ("SaveImage", dict(filename_prefix="nst/tiles"), {"images": (6, 0)}),
     }),
 }
 

@@ -174,7 +174,8 @@ NODES = ("NST_LoadVGGExtractor", "NST_ContentTarget", "NST_GramStyleTarget", "NS
 CLI_NAME = {"schedule": "preset", "init_seed": "seed", "architecture": "arch"}  # node input -> CLI option
 # node inputs whose default is spelt differently on the CLI (checked one by one below) or has no CLI option
 SPELT_DIFFERENTLY = {"steps", "content_weight", "style_weight", "tv_weight", "init", "weights", "statistic",
-                     "layer", "layers", "custom_layers", "layer_weights", "weight", "blend_weight", "mask_strength"}
+                     "layer", "layers", "custom_layers", "layer_weights", "weight", "blend_weight", "mask_strength",
+                     "tile"}
 
 
 @pytest.mark.parametrize("command", ["transfer", "texture"])
@@ -198,6 +199,7 @@ def test_cli_defaults_are_the_nodes_defaults(pack, command):
     assert args.weights == "original" and loader["weights"] == "original VGG19 (bundled)"
     # the optimiser: steps and weight multipliers 0 / 1.0 on the node mean the preset's, as None on the CLI
     assert args.steps is None and opt["steps"] == 0
+    assert args.tile == "auto" and opt["tile"] == 0  # tiles only when the whole image does not fit
     assert args.tv_weight is None and opt["tv_weight"] == 1.0
     assert args.optimizer is None  # the node has no optimiser choice: the preset's
     # with its default 'auto' the node starts from the content image, or from noise for a texture

@@ -32,8 +32,10 @@ def test_the_new_nodes_are_registered(pack):
     assert pack.NODE_DISPLAY_NAME_MAPPINGS["NST_MatchColors"] == "NST Match Colors"
     assert pack.NODE_DISPLAY_NAME_MAPPINGS["NST_LayerExplorer"] == "NST Layer Explorer"
     spec = pack.NODE_CLASS_MAPPINGS["NST_StyleTransferOptimize"].INPUT_TYPES()
-    # the last widget, and optional: old UI workflows (widget order) and API prompts (no colors) stay valid
-    assert list(spec["optional"])[-1] == "colors" and "colors" not in spec["required"]
+    # after the older inputs (later widgets append after it), and optional: old UI workflows (widget
+    # order) and API prompts (no colors) stay valid
+    assert list(spec["optional"])[:4] == ["content_target", "style_target", "init_image", "colors"]
+    assert "colors" not in spec["required"]
     assert spec["optional"]["colors"][0] == ["style", "luminance", "match"]
     assert spec["optional"]["colors"][1]["default"] == "style"
 

@@ -47,6 +47,8 @@ def shrink(prompt: dict, size: int = 48, steps: int = 3) -> dict:
         if node["class_type"] in ("NST_StyleTransferOptimize", "NST_StylizeFrames"):
             ins["steps"] = steps
             ins["size"] = size if ins["size"] else 0
+            if ins.get("tile"):
+                ins["tile"] = 32  # still in tiles at the small size
         if node["class_type"] == "ImageScale":
             ins["width"], ins["height"] = 64, 48
         if node["class_type"] == "NST_LayerExplorer":
@@ -72,7 +74,7 @@ def test_object_info_lists_the_nodes_with_their_inputs(comfy):
     assert set(opt("NST_GramStyleTarget")) == {"add_to", "blend_weight", "mask"}
     assert {"schedule", "steps", "content_weight", "style_weight", "tv_weight", "size", "init_seed"} <= set(
         req("NST_StyleTransferOptimize"))
-    assert set(opt("NST_StyleTransferOptimize")) == {"content_target", "style_target", "init_image", "colors"}
+    assert set(opt("NST_StyleTransferOptimize")) == {"content_target", "style_target", "init_image", "colors", "tile"}
     assert opt("NST_StyleTransferOptimize")["colors"][0] == ["style", "luminance", "match"]
     assert set(req("NST_MatchColors")) == {"image", "reference"}
     assert set(req("NST_LayerExplorer")) == {"extractor", "content", "cell_size", "steps"}
