@@ -7,6 +7,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from .jobs import resolve_device
 from .layers import parse_layers
 from .presets import get_preset
 
@@ -46,13 +47,9 @@ def style_layers_and_weights(args: argparse.Namespace) -> Tuple[List[str], Optio
 def pick_device(name: str) -> torch.device:
     """Resolve ``auto``/``cpu``/``cuda``/``mps`` to an available device, with a clear error."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return resolve_device(name)
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but CUDA is not available; use --device cpu")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError("--device mps was asked for but MPS is not available; use --device cpu")
-    return torch.device(name)
+    return resolve_device(name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -10,7 +10,7 @@ from .extractor import Extractor
 from .losses import content_loss, style_loss, tv_loss
 from .precision import autocast, use_bf16
 from .presets import Settings
-from .targets import ContentTarget, StyleTarget, mask_at, region_masks
+from .targets import ContentTarget, StyleTarget, mask_at, region_masks, run_layers
 from .transport import W2Style
 
 ExtraLossFn = Callable[[torch.Tensor], torch.Tensor]  # image [B,3,h,w] at the current scale -> weighted scalar loss
@@ -34,12 +34,7 @@ class Objective:
         self.content_weights: Dict[Tuple[int, int], Optional[torch.Tensor]] = {}
         self.region_masks = region_masks(regions, hw, dev)
         self.style_targets = [t.at_size(extractor, max(hw)) for t in regions]
-        layers: List[str] = []
-        for t in regions:
-            layers += [n for n in t.layers if n not in layers]
-        if content is not None and content.layer not in layers:
-            layers.append(content.layer)
-        self.layers = layers
+        self.layers = run_layers(content, regions)
         self.w2: Dict[Tuple[int, str], W2Style] = {}  # moments: keeps each layer's transport between refreshes
         self.grid_masks: Dict[Tuple[int, Tuple[int, int]], Optional[torch.Tensor]] = {}
 

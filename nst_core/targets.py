@@ -295,6 +295,16 @@ def _style_images(images: "torch.Tensor | Sequence[torch.Tensor]") -> Tuple[torc
     return imgs
 
 
+def run_layers(content: Optional[ContentTarget], regions: Sequence[StyleTarget]) -> List[str]:
+    """The layers a run captures: every region's style layers, then the content layer, each once."""
+    layers: List[str] = []
+    for t in regions:
+        layers += [n for n in t.layers if n not in layers]
+    if content is not None and content.layer not in layers:
+        layers.append(content.layer)
+    return layers
+
+
 def region_masks(regions: Sequence[StyleTarget], hw: Tuple[int, int],
                  device: torch.device) -> List[Optional[torch.Tensor]]:
     """Each region's mask at the output grid; an unmasked style among masked ones covers what they leave."""

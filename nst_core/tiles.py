@@ -57,7 +57,7 @@ from .losses import tv_loss
 from .precision import autocast, use_bf16
 from .presets import Settings
 from .statistics import LayerStyle
-from .targets import ContentTarget, StyleTarget, mask_at, region_masks
+from .targets import ContentTarget, StyleTarget, mask_at, region_masks, run_layers
 from .transport import Transport, _Pull, transport_map
 
 DEFAULT_HALO = 64  # px on every side of a tile (rounded up to the alignment)
@@ -405,16 +405,11 @@ class TiledObjective:
         self.extractor, self.settings, self.hw = extractor, settings, tuple(hw)
         self.content, self.regions, self.extra_loss = content, regions, extra_loss
         self.bf16 = use_bf16(settings, extractor.device)
-        layers: List[str] = []
-        for t in regions:
-            layers += [n for n in t.layers if n not in layers]
-        if content is not None and content.layer not in layers:
-            layers.append(content.layer)
-        self.layers = layers
+        self.layers = run_layers(content, regions)
         halo = DEFAULT_HALO if halo is None else halo
         if store_goals is None:  # goals only help when some steps are not refreshes
             store_goals = STORE_GOALS and needs_goals(settings)
-        self.geo = _Geometry(extractor, layers, self.hw, int(settings.tile), halo)
+        self.geo = _Geometry(extractor, self.layers, self.hw, int(settings.tile), halo)
         self.gen = torch.Generator().manual_seed(int(settings.seed))
         dev = extractor.device
         reach = self.geo.tile + 2 * self.geo.halo  # the largest crop
