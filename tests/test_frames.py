@@ -21,7 +21,7 @@ from nst_core.jobs import ChunkTask, EngineSpec, FrameFolder, plan_chunks, run_f
 from nst_core.optimizer import Cancelled
 from nst_core.video import to_u8
 
-from conftest import SHARED_IMAGES, stripes_image
+from conftest import DATA, stripes_image
 
 pytest.importorskip("cv2", reason="frames need OpenCV's optical flow (the [video] extra)")
 
@@ -179,13 +179,10 @@ def test_temporal_error_is_zero_for_outputs_that_move_with_the_input():
 
 
 def _real_clip(n: int, size: int):
-    """A pan over tubingen.jpg (or a generated texture without the shared images) and its style."""
+    """A pan over The Shipwreck (tests/data) in the style of The Starry Night."""
     h = round(size * 3 / 4)
-    if (SHARED_IMAGES / "tubingen.jpg").is_file() and (SHARED_IMAGES / "starry_night.jpg").is_file():
-        photo = load_image(str(SHARED_IMAGES / "tubingen.jpg"), 2 * size)
-        style_img = load_image(str(SHARED_IMAGES / "starry_night.jpg"), 2 * size)
-    else:
-        photo, style_img = texture(2 * h, 2 * size, seed=3), stripes_image(2 * h, 2 * h, period=9)
+    photo = load_image(str(DATA / "shipwreck.jpg"), 2 * size)
+    style_img = load_image(str(DATA / "starry_night.jpg"), 2 * size)
     return sliding_clip(photo, (h, size), n), style_img
 
 

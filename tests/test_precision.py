@@ -73,8 +73,8 @@ def test_the_global_state_reads_every_tf32_api():
 
 
 @pytest.fixture(scope="module")
-def photo_pair(shared_images):
-    return load_image(str(shared_images("tubingen.jpg"))), load_image(str(shared_images("starry_night.jpg")))
+def photo_pair(data_image):
+    return load_image(str(data_image("shipwreck.jpg"))), load_image(str(data_image("starry_night.jpg")))
 
 
 @pytest.mark.slow

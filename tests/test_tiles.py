@@ -271,8 +271,8 @@ def test_device_free_bytes_on_the_cpu_is_a_positive_number():
 # --------------------------------------------------------------------------- real weights (slow)
 
 
-def _photos(shared_images, size: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    return tuple(load_image(str(shared_images(name)), size) for name in ("tubingen.jpg", "starry_night.jpg"))
+def _photos(data_image, size: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    return tuple(load_image(str(data_image(name)), size) for name in ("starry_night.jpg", "shipwreck.jpg"))
 
 
 def _bands(hw: Tuple[int, int], cuts_px, width: int = 4) -> torch.Tensor:
@@ -285,8 +285,8 @@ def _bands(hw: Tuple[int, int], cuts_px, width: int = 4) -> torch.Tensor:
 
 
 @pytest.mark.slow
-def test_w2_gradient_at_a_refresh_matches_the_whole_image_without_seams(real_ext, shared_images):
-    content, style = _photos(shared_images, 192)
+def test_w2_gradient_at_a_refresh_matches_the_whole_image_without_seams(real_ext, data_image):
+    content, style = _photos(data_image, 192)
     hw = tuple(content.shape[-2:])
     c = ContentTarget.create(real_ext, content, QUALITY.content_layer)
     s = (StyleTarget.create(real_ext, style, QUALITY.style_layers, QUALITY.style_layer_weights),)
@@ -323,9 +323,9 @@ TILE, HALO = 96, 32
 
 
 @pytest.fixture(scope="module")
-def runs(real_ext, shared_images):
+def runs(real_ext, data_image):
     """Whole, whole with noise 1e-4 on the content, and tiled runs at 192 px, computed when first asked for."""
-    content, style = _photos(shared_images, 192)
+    content, style = _photos(data_image, 192)
     done: Dict[str, torch.Tensor] = {}
 
     def get(name: str) -> torch.Tensor:
