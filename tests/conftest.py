@@ -35,6 +35,28 @@ torch.set_num_threads(int(os.environ.get("NST_TEST_THREADS", "1")))
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+# --------------------------------------------------------------------------- the repository root
+
+
+class _RootIsNotATestPackage:
+    """pytest ≥ 8 collects every folder from the rootdir down, and a folder with ``__init__.py`` becomes a
+    ``Package`` whose set-up imports that file under a name made from the folder's name. The repository
+    root's ``__init__.py`` is ComfyUI's entry point, not a test package: imported that way it fails in a
+    folder whose name is no identifier (``vgg-style-transfer-nodes``: "attempted relative import with no
+    known parent package") and loads the whole pack in any other. Collect the root as a plain folder."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collect_directory(self, path: Path, parent: pytest.Collector):
+        if path == REPO_ROOT:
+            return pytest.Dir.from_parent(parent, path=path)
+        return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # registered as a plugin, not a conftest hook: a conftest's hooks do not reach its own parent folder
+    config.pluginmanager.register(_RootIsNotATestPackage(), "nst-root-is-not-a-test-package")
+
+
 # --------------------------------------------------------------------------- generated images
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -35,3 +38,82 @@ def test_requirements_match_dependencies():
     for unpinned in ("torch", "torchvision"):
         assert unpinned in deps  # no version pin: ComfyUI's torch stays
     assert not any(re.match(r"comfy", d, re.I) for d in deps)
+
+
+# --------------------------------------------------------------------------- a clone under any folder name
+
+CLONE_NAME = "vgg-style-transfer-nodes"  # the repository's name: what `git clone` and the Comfy Registry make
+BUILD_OUTPUTS = {".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis", "build", "dist"}
+# a few quick tests that load the pack by path (`pack`), read tests/data (`data_image`) and import nst_core
+CLONE_SUBSET = ["tests/test_packaging.py::test_name_and_packages", "tests/test_layers.py",
+                "tests/test_color.py::test_match_colors_on_the_sample_images",
+                "tests/test_cli.py::test_cli_defaults_are_the_nodes_defaults"]
+
+
+def _repository_files() -> list:
+    """The files a clone has: tracked and untracked-but-not-ignored ones (or, outside git, all but build outputs)."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                             capture_output=True, check=True).stdout
+        files = [f for f in out.decode().split("\0") if f and os.path.isfile(os.path.join(ROOT, f))]
+    except (OSError, subprocess.CalledProcessError):
+        files = [os.path.relpath(os.path.join(d, f), ROOT) for d, dirs, names in os.walk(ROOT)
+                 for f in names if not (set(os.path.relpath(d, ROOT).split(os.sep)) & BUILD_OUTPUTS)]
+    return files
+
+
+def _clone(dest: str) -> str:
+    root = os.path.join(dest, CLONE_NAME)
+    for rel in _repository_files():
+        os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
+        shutil.copy2(os.path.join(ROOT, rel), os.path.join(root, rel))
+    return root
+
+
+def test_the_suite_runs_in_a_clone_named_like_the_repository(tmp_path):
+    """pytest in `vgg-style-transfer-nodes/` (no identifier: no package name) with nothing beside it."""
+    root = _clone(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == [CLONE_NAME]  # nothing beside the clone: no shared images
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
+    where = subprocess.run([sys.executable, "-c", "import nst_core; print(nst_core.__file__)"], cwd=root, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert where.stdout.strip().startswith(root), where.stdout + where.stderr  # the clone's code runs, not ours
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CLONE_SUBSET],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert re.search(r"\b\d+ passed\b", summary) and not re.search(r"error|failed|skipped", summary), summary
+
+
+def test_comfyui_loads_a_clone_named_like_the_repository(tmp_path):
+    """The 2024-03 ComfyUI imports custom_nodes/<folder>/__init__.py under the folder's name, hyphens and all."""
+    root = _clone(str(tmp_path))
+    spec = importlib.util.spec_from_file_location(CLONE_NAME, os.path.join(root, "__init__.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[CLONE_NAME] = module
+    try:
+        spec.loader.exec_module(module)
+        assert module.__file__.startswith(root)
+        assert len(module.NODE_CLASS_MAPPINGS) >= 7 and set(module.NODE_CLASS_MAPPINGS) == set(
+            module.NODE_DISPLAY_NAME_MAPPINGS)
+    finally:
+        for key in [k for k in sys.modules if k == CLONE_NAME or k.startswith(CLONE_NAME + ".")]:
+            del sys.modules[key]
+
+
+# --------------------------------------------------------------------------- nothing outside the repository
+
+OUTSIDE = re.compile(r"""\.\.[/\\]+shared|["']\.\.["']|["']shared["']|(?<![\w.])/(?:work|tmp|home|root|mnt)/""")
+
+
+def test_the_tests_need_nothing_outside_the_repository():
+    """No test reads a folder beside the clone (the shared benchmark images) or an absolute path of a machine."""
+    offenders = []
+    for rel in _repository_files():
+        if rel.startswith("tests" + os.sep) or rel.startswith("tests/"):
+            if rel.endswith((".py", ".json", ".md", ".txt", ".toml", ".cfg", ".ini", ".yaml")):
+                with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
+                    for n, line in enumerate(f, 1):
+                        if OUTSIDE.search(line) and "OUTSIDE = re.compile" not in line:
+                            offenders.append(f"{rel}:{n}: {line.strip()}")
+    assert not offenders, "tests reach outside the repository:\n" + "\n".join(offenders)
