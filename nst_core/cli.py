@@ -14,7 +14,7 @@ from .image import load_image, load_mask, save_image
 from .optimizer import Cancelled, Progress
 from .memory import auto_tile
 from .presets import DEFAULT_PRESET, INITS, OPTIMIZERS, PRESETS, get_preset
-from .cli_args import nonneg_float, pick_device, positive_int, style_layers_and_weights
+from .cli_args import Parser, nonneg_float, pick_device, positive_int, style_layers_and_weights
 from .color import COLOR_MODES
 from .statistics import STATISTICS
 from .recipes import reconstruct, texture, transfer
@@ -78,7 +78,7 @@ def _style_layer_weights(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``nst`` command."""
-    parser = argparse.ArgumentParser(prog="nst", description="Neural style transfer through a hooked VGG19.")
+    parser = Parser(prog="nst", description="Neural style transfer through a hooked VGG19.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("transfer", help="paint CONTENT in the style of STYLE(s)")

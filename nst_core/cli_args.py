@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import List, Optional, Tuple
+from typing import List, NoReturn, Optional, Tuple
 
 import torch
 
@@ -12,15 +12,40 @@ from .layers import parse_layers
 from .presets import get_preset
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``nst transfer: error: …`` and where the help is,
+    instead of the whole usage (its subcommands' parsers are of this class too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None) -> argparse.Namespace:  # type: ignore[override]
+        """As argparse's, but an unknown option is reported by the subcommand it was given to."""
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            chosen = next((a.choices.get(getattr(namespace, a.dest, None)) for a in self._actions
+                           if isinstance(a, argparse._SubParsersAction)), None)
+            (chosen or self).error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace
+
+
 def positive_int(text: str) -> int:
-    value = int(text)
+    """``argparse`` type: a whole number ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def nonneg_float(text: str) -> float:
-    value = float(text)
+    """``argparse`` type: a number ≥ 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number ≥ 0, got {text!r}") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be a number ≥ 0, got {text}")
     return value

@@ -106,6 +106,31 @@ def test_negative_weight_is_rejected_by_the_parser(images, tmp_path):
     assert exc.value.code == 2
 
 
+@pytest.mark.parametrize("argv, prog", [
+    ([], "nst"),
+    (["paint", "c.jpg"], "nst"),
+    (["transfer", "c.jpg"], "nst transfer"),
+    (["transfer", "c.jpg", "s.jpg", "-o", "o.png", "--size", "big"], "nst transfer"),
+    (["transfer", "c.jpg", "s.jpg", "-o", "o.png", "--colour", "match"], "nst transfer"),
+    (["reconstruct", "c.jpg", "-o", "o.png", "--layer"], "nst reconstruct"),
+    (["texture", "s.jpg", "-o", "o.png", "--steps", "0"], "nst texture"),
+    (["texture", "s.jpg", "-o", "o.png", "--preset", "slow"], "nst texture"),
+    (["frames", "clip.mp4", "s.jpg"], "nst frames"),
+    (["frames", "clip.mp4", "s.jpg", "-o", "out", "--temporal-weight", "-1"], "nst frames"),
+    (["explore", "c.jpg", "-o", "g.png", "--bogus"], "nst explore"),
+    (["explore", "c.jpg", "-o", "g.png", "--size", "1.5"], "nst explore"),
+])
+def test_argparse_errors_are_one_line_with_a_hint_to_help(argv, prog, capsys):
+    """Not the 21 lines of usage: one line naming the subcommand, the problem and where the help is."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert exc.value.code == 2 and captured.out == ""
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"{prog}: error: ") and lines[0].endswith(f"(see {prog} --help)"), lines[0]
+
+
 def test_python_dash_m_runs_the_same_command():
     res = subprocess.run([sys.executable, "-m", "nst_core", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "transfer" in res.stdout and "reconstruct" in res.stdout
