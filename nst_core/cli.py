@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from typing import List, Optional
@@ -15,6 +16,8 @@ from .optimizer import Cancelled, Progress
 from .memory import auto_tile
 from .presets import DEFAULT_PRESET, INITS, OPTIMIZERS, PRESETS, get_preset
 from .cli_args import Parser, nonneg_float, pick_device, positive_int, style_layers_and_weights
+from .cli_checks import DEFAULT_MAX_SIZE, check_command
+from .cli_threads import add_threads_option, resolve_threads, torch_threads
 from .color import COLOR_MODES
 from .statistics import STATISTICS
 from .recipes import reconstruct, texture, transfer
@@ -23,6 +26,8 @@ from .recipes import reconstruct, texture, transfer
 def _common(p: argparse.ArgumentParser, default_init: str) -> None:
     p.add_argument("-o", "--output", required=True, help="output image path (.png, .jpg, …)")
     p.add_argument("--size", type=positive_int, default=512, help="long edge of the output in px (default 512)")
+    p.add_argument("--max-size", type=positive_int, default=DEFAULT_MAX_SIZE, metavar="PX",
+                   help=f"refuse a --size above this (default {DEFAULT_MAX_SIZE}; memory grows with its square)")
     p.add_argument("--steps", type=positive_int, help="iterations per pyramid scale (default: the preset's)")
     p.add_argument("--init", default=default_init,
                    help=f"start image: {', '.join(INITS)} or an image path (default {default_init})")
@@ -44,6 +49,7 @@ def _common(p: argparse.ArgumentParser, default_init: str) -> None:
                    help="the network in bfloat16 (--bf16) or fp32 (--no-bf16); default: bf16 on CPUs with native "
                         "bf16 (AMX, AVX-512 BF16), fp32 elsewhere. Losses and the W2 algebra stay exact")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_option(p)
 
 
 def _tile_arg(text: str) -> "str | int":
@@ -163,11 +169,8 @@ class _Reporter:
 
 
 def _init_arg(value: str, size: int):
-    if value in INITS:
-        return value
-    if os.path.isfile(value):
-        return load_image(value, size)
-    raise ValueError(f"--init {value!r} is neither one of {list(INITS)} nor an existing image file")
+    """``--init``: a name, or the image file it names (checked by ``cli_checks``)."""
+    return value if value in INITS else load_image(value, size)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -184,11 +187,13 @@ def run(args: argparse.Namespace) -> None:
         return run_explore(args)
     device = pick_device(args.device)
     layers, weights = style_layers_and_weights(args) if args.command != "reconstruct" else (None, None)
-    ext = load_extractor(args.arch, args.weights, args.pooling, args.edge_padding, device=device)
+    # the images are read first: a damaged one is refused before the network is loaded
+    network = functools.partial(load_extractor, args.arch, args.weights, args.pooling, args.edge_padding,
+                                device=device)
     rep = _Reporter(args.quiet, args.save_every, args.output)
     settings = dict(steps=args.steps, optimizer=args.optimizer, tv_weight=args.tv_weight, seed=args.seed,
                     preview_every=args.save_every or 0, checkpoint=args.checkpoint or None,
-                    compile=args.compile or None, autocast_bf16=args.bf16)
+                    compile=args.compile or None, autocast_bf16=args.bf16, max_size=args.max_size)
     callbacks = dict(progress=rep.progress, preview=rep.preview if args.save_every else None)
     init = _init_arg(args.init, args.size)
     try:
@@ -199,7 +204,7 @@ def run(args: argparse.Namespace) -> None:
                                      get_preset(args.preset).content_layer], args.statistic, layers)
             masks = [load_mask(m) for m in args.style_mask] if args.style_mask else None
             cmask = load_mask(args.content_mask) if args.content_mask else None
-            out = transfer(ext, content, styles, args.preset, None, args.content_layer, layers, weights,
+            out = transfer(network(), content, styles, args.preset, None, args.content_layer, layers, weights,
                            args.statistic, args.style_blend, args.style_scale, init,
                            content_weight=args.content_weight, style_weight=args.style_weight,
                            colors=args.colors, style_masks=masks, content_mask=cmask,
@@ -207,14 +212,14 @@ def run(args: argparse.Namespace) -> None:
         elif args.command == "reconstruct":
             content = load_image(args.content, args.size)
             settings["tile"] = _tile(args, device, content.shape[-2:], [args.layer], "gram", [])
-            out = reconstruct(ext, content, args.layer, None, args.steps or 300, init, **callbacks,
+            out = reconstruct(network(), content, args.layer, None, args.steps or 300, init, **callbacks,
                               **{k: v for k, v in settings.items() if k != "steps"})
         else:
             styles = [load_image(s) for s in args.styles]
             settings["tile"] = _tile(args, device, (args.size, args.size), layers, args.statistic, layers)
-            out = texture(ext, styles, args.preset, args.size, style_layers=layers, style_layer_weights=weights,
-                          statistic=args.statistic, style_blend=args.style_blend, style_scale=args.style_scale,
-                          init=init, **callbacks, **settings)
+            out = texture(network(), styles, args.preset, args.size, style_layers=layers,
+                          style_layer_weights=weights, statistic=args.statistic, style_blend=args.style_blend,
+                          style_scale=args.style_scale, init=init, **callbacks, **settings)
     finally:
         rep.close()
     save_image(out[:1], args.output)
@@ -266,7 +271,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
-        run(args)
+        check_command(args)  # before anything is loaded or written
+        threads, note = resolve_threads(args.threads)
+        if note and not args.quiet:
+            print(f"nst: {note}", file=sys.stderr)
+        with torch_threads(threads):
+            run(args)
     except (ValueError, TypeError, OSError, Cancelled) as exc:  # bad input, unreadable/unwritable file
         print(f"nst: error: {_one_line(exc)}", file=sys.stderr)
         return 2

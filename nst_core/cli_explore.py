@@ -12,6 +12,7 @@ from .explore import CONTENT_LAYERS, DEFAULT_STEPS, STYLE_LAYERS, ExploreProgres
 from .extractor import PADDINGS, POOLINGS, load_extractor
 from .image import load_image, save_image
 from .cli_args import pick_device, positive_int
+from .cli_threads import add_threads_option
 
 
 def add_explore_parser(sub: "argparse._SubParsersAction") -> None:
@@ -37,6 +38,7 @@ def add_explore_parser(sub: "argparse._SubParsersAction") -> None:
     e.add_argument("--seed", type=int, default=0, help="random seed of the noise start images")
     e.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_option(e)
     # read by the shared error reporting of `nst` (cli.main)
     e.set_defaults(bf16=None, compile=False, checkpoint=False)
 

@@ -24,7 +24,7 @@ from .frames import DEFAULT_TEMPORAL_WEIGHT, FramesProgress
 from .jobs import (EngineSpec, FrameFolder, build_engine, load_still, run_frames_local, still_output,
                    still_task, write_png_atomic)
 from .optimizer import Cancelled
-from .presets import DEFAULT_PRESET, INITS, PRESETS
+from .presets import DEFAULT_PRESET, INITS, PRESETS, Settings
 from .statistics import STATISTICS
 from .image import load_image
 from .video import IMAGE_EXTENSIONS, is_video_path, list_images, open_frames, to_u8, write_video
@@ -39,7 +39,8 @@ def add_ray_options(p: argparse.ArgumentParser, frames: bool) -> None:
 
     p.add_argument("--ray", metavar="ADDRESS",
                    help="run as Ray tasks: 'auto' (this machine's cluster, or a new local one), 'local', "
-                        "or an existing cluster's address such as ray://HOST:10001 (pip install '.[ray]')")
+                        "or an existing cluster's address such as ray://HOST:10001 (needs Ray: pip install ray, or "
+                        "pip install '.[ray]' in a clone of this repository)")
     p.add_argument("--max-retries", type=int, default=3, help="with --ray: retries of a task whose worker died")
     if frames:
         p.add_argument("--chunk-size", type=positive_int, metavar="N",
@@ -94,7 +95,7 @@ def spec_from_args(args: argparse.Namespace) -> EngineSpec:
     settings = dict(steps=args.steps, optimizer=args.optimizer, tv_weight=args.tv_weight, seed=args.seed,
                     content_weight=args.content_weight, style_weight=args.style_weight,
                     checkpoint=args.checkpoint or None, compile=args.compile or None,
-                    autocast_bf16=args.bf16)
+                    autocast_bf16=args.bf16, max_size=None if args.max_size == Settings.max_size else args.max_size)
     return EngineSpec(
         styles=tuple(to_u8(load_image(s)) for s in args.styles),
         preset=args.preset,

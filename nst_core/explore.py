@@ -137,7 +137,8 @@ def compose_grid(cells: Sequence[Tuple[int, int, str, Tuple[int, int], Optional[
     return t.unsqueeze(0)
 
 
-def _check(cell: int, steps: int) -> None:
+def check_grid(cell: int, steps: int) -> None:
+    """Refuse a cell size outside 16–1024 px or fewer than one step per cell (cheap: before any work)."""
     if isinstance(cell, bool) or not isinstance(cell, int) or not 16 <= cell <= 1024:
         raise ValueError(f"cell (the long edge of each grid cell in px) must be an integer from 16 to 1024; "
                          f"got {cell!r}")
@@ -168,7 +169,7 @@ def explore(
     ``preview`` the grid so far after each cell, ``cancel`` is asked every iteration.
     The geometry is :func:`layout`: columns ``cell`` px wide, a label strip above each row.
     """
-    _check(cell, steps)
+    check_grid(cell, steps)
     layers = parse_layers(layers, extractor.arch)
     style_layers = parse_layers(style_layers, extractor.arch)
     if not layers:

@@ -17,8 +17,7 @@ def load_image(path: str, long_edge: Optional[int] = None) -> torch.Tensor:
     The EXIF orientation tag (set by cameras and phones) is applied, as image viewers and ComfyUI's
     Load Image do, so the pixels are the way the photo is shown.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image not found: {path!r}")
+    require_file(path, "image")
     try:
         with Image.open(path) as im:
             im.load()
@@ -34,23 +33,58 @@ def load_image(path: str, long_edge: Optional[int] = None) -> torch.Tensor:
                 arr = np.repeat(np.clip(arr, 0, 1)[..., None], 3, axis=2)
             else:
                 arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except UnidentifiedImageError:
-        raise ValueError(f"{path!r} is not an image file PIL can read (PNG, JPEG, WebP, …)") from None
+    except (OSError, Image.DecompressionBombError) as exc:  # not an image, truncated, unreadable, too large
+        raise unreadable_image(path, "image", exc) from None
     t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).unsqueeze(0)
     return resize_long_edge(t, long_edge) if long_edge else t
 
 
 def load_mask(path: str) -> torch.Tensor:
     """Read a grayscale mask file as ``[1,1,H,W]`` in 0..1 (white = 1); a colour image is converted to gray."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"mask not found: {path!r}")
+    require_file(path, "mask")
     try:
         with Image.open(path) as im:
             gray = ImageOps.exif_transpose(im).convert("L")
             arr = np.asarray(gray, dtype=np.float32) / 255.0
-    except UnidentifiedImageError:
-        raise ValueError(f"{path!r} is not an image file PIL can read; give a grayscale PNG or JPEG mask") from None
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise unreadable_image(path, "mask", exc) from None
     return torch.from_numpy(np.ascontiguousarray(arr))[None, None]
+
+
+def require_file(path: str, what: str) -> None:
+    """Refuse a path that is not an existing file, saying what it is instead."""
+    if not os.path.isfile(path):
+        kind = "is a folder, not a file" if os.path.isdir(path) else "not found"
+        raise FileNotFoundError(f"{what} {kind}: {path!r}")
+
+
+def unreadable_image(path: str, what: str, exc: BaseException) -> ValueError:
+    """The error for an image file PIL could not open or decode, naming the file and what to do."""
+    if isinstance(exc, UnidentifiedImageError):
+        return ValueError(f"{what} {path!r} is not an image file PIL can read (PNG, JPEG, WebP, …)")
+    if isinstance(exc, Image.DecompressionBombError):
+        return ValueError(f"{what} {path!r} is too large to open safely ({exc}); downscale it first")
+    if isinstance(exc, PermissionError):
+        return ValueError(f"{what} {path!r} cannot be read: permission denied; check the file's permissions")
+    detail = " ".join(str(exc).split()) or type(exc).__name__
+    return ValueError(f"{what} {path!r} cannot be read ({detail}): the file may be truncated or damaged; "
+                      "re-save or re-download it")
+
+
+def probe_image(path: str, what: str = "image") -> Tuple[int, int]:
+    """``(width, height)`` of an image file from its header, decoding no pixels: a cheap check that the
+    file exists, is readable and is an image PIL knows, with the errors :func:`load_image` gives."""
+    require_file(path, what)
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{what} {path!r} is an empty file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise unreadable_image(path, what, exc) from None
+    if width < 1 or height < 1:
+        raise ValueError(f"{what} {path!r} has no pixels ({width}×{height})")
+    return width, height
 
 
 def save_image(image: torch.Tensor, path: str) -> None:
