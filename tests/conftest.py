@@ -8,6 +8,7 @@ Caffe preprocessing check, generated images, and the two small public-domain pai
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import math
 import os
@@ -33,6 +34,27 @@ hyp_settings.load_profile("nst")
 torch.set_num_threads(int(os.environ.get("NST_TEST_THREADS", "1")))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------- optional extras
+
+IN_CI = os.environ.get("CI", "").strip().lower() == "true"  # .ci/run sets it, as CI services do
+
+
+def require_extra(module: str, extra: str, what: str):
+    """Import the optional package ``module`` (of the ``[extra]`` extra) that ``what`` needs.
+
+    Without it the calling test module (or test) is skipped, except when ``CI=true``: CI installs every
+    extra, so a missing one there is a broken set-up and fails instead of passing silently.
+    """
+    hint = f"{what} need {module} (the [{extra}] extra: pip install \".[{extra}]\")"
+    if not IN_CI:
+        return pytest.importorskip(module, reason=hint)
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        missing = exc
+    pytest.fail(f"{hint}, which is missing although CI=true ({missing})", pytrace=False)
 
 
 # --------------------------------------------------------------------------- the repository root

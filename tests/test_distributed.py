@@ -18,11 +18,11 @@ from nst_core.cli import main
 from nst_core.jobs import EngineSpec, FrameFolder, frames_task, run_frames_local
 from nst_core.video import to_u8
 
-from conftest import stripes_image
+from conftest import require_extra, stripes_image
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-ray = pytest.importorskip("ray", reason="the Ray tests need the [ray] extra")
-pytest.importorskip("cv2", reason="frames need OpenCV's optical flow (the [video] extra)")
+ray = require_extra("ray", "ray", "the Ray tests")
+require_extra("cv2", "video", "frames (OpenCV's optical flow)")
 
 from nst_core.distributed import Cluster, run_frames_ray  # noqa: E402
 

@@ -9,7 +9,9 @@ import torch
 
 from nst_core.flow import consistency_mask, estimate_flow, flow_and_mask, warp
 
-pytest.importorskip("cv2", reason="optical flow needs OpenCV (the [video] extra)")
+from conftest import require_extra
+
+require_extra("cv2", "video", "optical flow tests")
 
 
 def texture(h: int = 96, w: int = 128, seed: int = 0) -> torch.Tensor:

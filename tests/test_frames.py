@@ -21,9 +21,9 @@ from nst_core.jobs import ChunkTask, EngineSpec, FrameFolder, plan_chunks, run_f
 from nst_core.optimizer import Cancelled
 from nst_core.video import to_u8
 
-from conftest import DATA, stripes_image
+from conftest import DATA, require_extra, stripes_image
 
-pytest.importorskip("cv2", reason="frames need OpenCV's optical flow (the [video] extra)")
+require_extra("cv2", "video", "frames (OpenCV's optical flow)")
 
 
 # --------------------------------------------------------------------------- clips

@@ -13,9 +13,9 @@ from nst_core.cli import main
 from nst_core.video import (at_size, from_u8, is_video_path, list_images, open_frames, read_video, to_u8,
                             write_video)
 
-from conftest import stripes_image
+from conftest import require_extra, stripes_image
 
-av = pytest.importorskip("av", reason="video files need PyAV (the [video] extra)")
+av = require_extra("av", "video", "video files (PyAV)")
 
 
 def moving_frames(n: int = 5, h: int = 32, w: int = 48):
@@ -88,7 +88,7 @@ ARGS = ["--size", "48", "--steps", "2", "--weights", "random", "--quiet", "--pre
 
 
 def test_cli_frames_from_a_video_to_a_video_and_to_a_folder(tmp_path):
-    pytest.importorskip("cv2")
+    require_extra("cv2", "video", "frames (OpenCV's optical flow)")
     src = str(tmp_path / "in.mp4")
     write_video(src, moving_frames(4), fps=10)
     style = tmp_path / "style.png"
