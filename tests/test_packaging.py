@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
 import re
@@ -117,3 +118,89 @@ def test_the_tests_need_nothing_outside_the_repository():
                         if OUTSIDE.search(line) and "OUTSIDE = re.compile" not in line:
                             offenders.append(f"{rel}:{n}: {line.strip()}")
     assert not offenders, "tests reach outside the repository:\n" + "\n".join(offenders)
+
+
+# --------------------------------------------------------------------------- install lines that work from a clone
+
+# the project's name as a requirement (not as a folder or a URL path): it is not on PyPI, and whoever
+# registered it there would be installed
+UNPUBLISHED = re.compile(r"(?<![\w./\\-])vgg[-_.]style[-_.]transfer[-_.]nodes(?![\w/\\.-])", re.I)
+INSTALL = re.compile(r"pip3?\s+install\b[^\n`]*")
+MESSAGE_AND_DOC_FILES = sorted(
+    rel for rel in _repository_files()
+    if (not rel.replace(os.sep, "/").startswith("tests/") and rel.endswith((".py", ".md", ".toml", ".txt", ".cfg")))
+    or rel.replace(os.sep, "/").startswith(".ci/"))
+
+
+def _texts(rel: str) -> list:
+    """The strings of a Python file (adjacent literals joined, as Python joins them), or a file's lines."""
+    with open(os.path.join(ROOT, rel), encoding="utf-8") as f:
+        text = f.read()
+    if not rel.endswith(".py"):
+        return text.splitlines()
+    return [n.value for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+def _install_commands(texts) -> list:
+    return [m.group(0) for t in texts for m in INSTALL.finditer(t)]
+
+
+def test_the_unpublished_name_pattern():
+    bad = ['pip install "vgg-style-transfer-nodes[video]"', "pip install vgg_style_transfer_nodes",
+           "pip install 'VGG-Style-Transfer-Nodes[ray]' (or ray)"]
+    good = ['pip install ".[video]"', "pip install -r vgg-style-transfer-nodes/requirements.txt",
+            r"python_embeded\python.exe -m pip install -r ComfyUI\custom_nodes\vgg-style-transfer-nodes\requirements.txt",
+            "pip install git+https://github.com/nst-pack/vgg-style-transfer-nodes", "pip install opencv-python"]
+    assert all(UNPUBLISHED.search(c) for c in _install_commands(bad))
+    assert not any(UNPUBLISHED.search(c) for c in _install_commands(good))
+
+
+@pytest.mark.parametrize("rel", MESSAGE_AND_DOC_FILES)
+def test_no_install_command_names_the_unpublished_package(rel):
+    """Docs and messages say `pip install ".[video]"` (from a clone) or the package alone (`av`, `ray`, …)."""
+    wrong = [c for c in _install_commands(_texts(rel)) if UNPUBLISHED.search(c)]
+    assert not wrong, f"{rel}: install commands name the package, which is not on PyPI: {wrong}"
+
+
+def test_no_help_text_names_the_unpublished_package():
+    from nst_core.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    for name, sub in [("nst", parser), *subparsers.items()]:
+        wrong = [c for c in _install_commands([sub.format_help()]) if UNPUBLISHED.search(c)]
+        assert not wrong, f"nst {name} --help: {wrong}"
+
+
+def test_every_extra_in_an_install_command_exists():
+    extras = set(_project()["project"]["optional-dependencies"])
+    named = set()
+    for rel in MESSAGE_AND_DOC_FILES:
+        for command in _install_commands(_texts(rel)):
+            for group in re.findall(r"\.\[([\w,\s-]+)\]", command):
+                named |= {e.strip() for e in group.split(",")}
+    assert {"video", "ray"} <= named  # the README names them
+    assert named <= extras, f"install commands name extras that pyproject.toml lacks: {sorted(named - extras)}"
+
+
+# --------------------------------------------------------------------------- CI runs what a contributor has
+
+
+def test_ci_runs_the_readme_command_with_every_extra_required():
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
+        script = f.read()
+    assert re.search(r"^export CI=true$", script, re.M)  # the extras' tests fail instead of skipping
+    assert "bash .ci/setup" in script and "NST_REQUIRE_COMFY=1 .venv/bin/python -m pytest" in script
+    assert re.search(r'if \[ "\$rc" -eq 5 \]', script)  # "no tests collected" is a failure
+
+
+def test_a_missing_extra_skips_locally_and_fails_in_ci(monkeypatch):
+    import conftest
+
+    monkeypatch.setattr(conftest, "IN_CI", False)
+    with pytest.raises(pytest.skip.Exception, match=r'the \[video\] extra: pip install "\.\[video\]"'):
+        conftest.require_extra("nst_no_such_module", "video", "these tests")
+    monkeypatch.setattr(conftest, "IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="missing although CI=true"):
+        conftest.require_extra("nst_no_such_module", "video", "these tests")
+    assert conftest.require_extra("json", "video", "these tests").__name__ == "json"  # present: the module
