@@ -46,7 +46,8 @@ def check_command(args: argparse.Namespace) -> None:
         if getattr(args, option, None):
             parse_layers([getattr(args, option)], args.arch)
     if args.command == "explore":
-        parse_layers(args.layers, args.arch), parse_layers(args.style_layers, args.arch)
+        for layers in (args.layers, args.style_layers):
+            parse_layers(layers, args.arch)
     _check_size(args)
     if folder_job:
         _check_folder_output(args.output, video=args.command == "frames")
