@@ -89,6 +89,7 @@ STILL = ["transfer", "content.png", "style.jpg", "--weights", "random"]
     (["reconstruct", "content.png", "-o", "out.png", "--layer", "relu9_1"], ["unknown layer 'relu9_1'"]),
     (STILL + ["-o", "out.png", "--content-layer", "relu4_3x"], ["Did you mean"]),
     (["explore", "missing.png", "-o", "grid.png"], ["content image not found"]),
+    (["explore", "content.png", "-o", "grid.png", "--style-layers", "relu1_1,relu6_1"], ["unknown layer 'relu6_1'"]),
     (["explore", "content.png", "--style", "truncated.jpg", "-o", "grid.png"], ["'truncated.jpg'", "truncated"]),
     # the output: an extension PIL writes, a folder that can be made
     (STILL + ["-o", "result"], ["-o 'result' has no file extension", "result.png"]),
