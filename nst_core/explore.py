@@ -166,7 +166,8 @@ def explore(
     Row 2, when ``style`` is given: ``cell``×``cell`` textures synthesised from noise from the growing
     sets ``style_layers[:1]``, ``style_layers[:2]``, … (:func:`nst_core.recipes.texture`, the
     ``quality`` losses, Adam, ``steps`` iterations). ``progress`` gets the steps over all cells,
-    ``preview`` the grid so far after each cell, ``cancel`` is asked every iteration.
+    ``preview`` the grid so far after each cell (after the last: the whole grid, which a node keeps
+    showing), ``cancel`` is asked every iteration.
     The geometry is :func:`layout`: columns ``cell`` px wide, a label strip above each row.
     """
     check_grid(cell, steps)
@@ -203,6 +204,7 @@ def explore(
         done[i] = c.make(on_progress, cancel)
         if progress is not None:  # an L-BFGS cell can stop early: report the cell as complete
             progress(ExploreProgress((i + 1) * steps, total, i, len(plan), c.label, None))
-        if preview is not None and i + 1 < len(plan):
-            preview(compose_grid(cells(), cell))
-    return compose_grid(cells(), cell)
+        grid = compose_grid(cells(), cell)
+        if preview is not None:  # after the last cell too: a node keeps showing its last preview
+            preview(grid)
+    return grid

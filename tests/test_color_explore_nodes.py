@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -94,7 +95,7 @@ def test_optimize_colors_match_runs_and_needs_a_content_target(nodes, extractor)
 
 def test_layer_explorer_node_gives_the_grid_and_reports_progress(nodes, extractor, pack, monkeypatch):
     bridge = sys.modules[pack.__name__ + ".nodes.comfy_bridge"]
-    updates = []
+    updates, previews = [], []
 
     class Bar:  # records what ComfyUI's progress bar would get
         def __init__(self, total):
@@ -102,6 +103,8 @@ def test_layer_explorer_node_gives_the_grid_and_reports_progress(nodes, extracto
 
         def update(self, step, preview=None, max_size=512):
             updates.append((step, self.total, preview is not None))
+            if preview is not None:
+                previews.append(preview)
 
     monkeypatch.setattr(bridge, "ProgressBar", Bar)
     content = torch.rand(1, 30, 40, 3)
@@ -112,7 +115,11 @@ def test_layer_explorer_node_gives_the_grid_and_reports_progress(nodes, extracto
     (h, w), _ = ex.layout(cells, 32)
     assert grid.shape == (1, h, w, 3) and grid.is_contiguous()
     assert updates[-1][:2] == (20, 20)
-    assert sum(p for *_, p in updates) == 9  # the grid so far, after each cell but the last
+    assert sum(p for *_, p in updates) == 10  # the grid so far, after each cell
+    # the node keeps showing its last preview: the whole grid, every cell filled
+    last = torch.from_numpy(np.array(previews[-1])).float() / 255
+    assert updates[-1][2] and last.shape == grid.shape[1:]
+    assert (last - grid[0]).abs().max() <= 1 / 255 + 1e-6
     one_row = nodes["NST_LayerExplorer"].run(extractor, content, 32, 1)[0]
     assert one_row.shape[1] < h
 

@@ -39,12 +39,13 @@ def test_grid_has_two_rows_of_five_labelled_cells(rand_ext, images):
     for (row, col, label, _), (strip, image) in zip(cells, boxes):
         assert crop(grid, strip).std() > 0.05, label  # text was drawn on the strip
         assert crop(grid, image).std() > 0.01, label  # an image, not background
-    # progress over all cells, monotone, ending at the total; a preview of the grid after each cell but the last
+    # progress over all cells, monotone, ending at the total; a preview of the grid after each cell
     assert [p.step for p in seen] == sorted(p.step for p in seen)
     assert seen[-1].step == seen[-1].total == 10 * 2 and seen[-1].cells == 10
     assert {p.label for p in seen} == {c[2] for c in cells}
-    assert len(grids) == 9 and all(g.shape == grid.shape for g in grids)
+    assert len(grids) == 10 and all(g.shape == grid.shape for g in grids)
     assert crop(grids[0], boxes[1][1]).std() == 0  # a cell not made yet is blank
+    assert torch.equal(grids[-1], grid)  # the last preview, which a node keeps showing, is the whole grid
 
 
 def test_without_a_style_there_is_one_row(rand_ext, images):
