@@ -21,10 +21,10 @@ NODE_CLASS_MAPPINGS = {
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "NST_LoadVGGExtractor": "Load VGG Extractor",
-    "NST_ContentTarget": "Content Target",
-    "NST_GramStyleTarget": "Gram Style Target",
-    "NST_StyleTransferOptimize": "Style Transfer Optimize",
+    "NST_LoadVGGExtractor": "NST Load VGG Extractor",
+    "NST_ContentTarget": "NST Content Target",
+    "NST_GramStyleTarget": "NST Style Target",
+    "NST_StyleTransferOptimize": "NST Style Transfer Optimize",
     "NST_MatchColors": "NST Match Colors",
     "NST_LayerExplorer": "NST Layer Explorer",
     "NST_StylizeFrames": "NST Stylize Frames",

@@ -44,10 +44,34 @@ def extractor_on(extractor: Extractor, device: torch.device) -> Iterator[Extract
         bridge.empty_cache()
 
 
+# Load Image's MASK for an image without an alpha channel (a JPG, say): 64×64 zeros
+NO_ALPHA_MASK_HW = (64, 64)
+
+
+def check_mask(mask: object, name: str, effect: str) -> None:
+    """Refuse an all-black MASK, saying how ComfyUI makes one and how to get a real one.
+
+    Load Image's MASK is white where its image is transparent: an image without an alpha channel
+    gives an empty 64×64 mask, an opaque one a mask of zeros. ``effect`` says what black means here.
+    """
+    if not isinstance(mask, torch.Tensor) or mask.numel() == 0 or bool((mask != 0).any()):
+        return  # None, a usable mask, or a malformed one (the engine names that)
+    if tuple(mask.shape[-2:]) == NO_ALPHA_MASK_HW:
+        why = ("it is the empty 64×64 mask that Load Image gives for an image without an alpha channel "
+               "(a JPG, say)")
+    else:
+        why = "Load Image's MASK is white only where its image is transparent, and this image has no transparent pixel"
+    raise ValueError(
+        f"the {name} is all black (0): {effect}. Probably {why}. Use a PNG whose region is transparent (paint "
+        f"it in ComfyUI's mask editor), or make the mask with a mask node such as Solid Mask, or Convert Image "
+        f"to Mask on a black-and-white image"
+    )
+
+
 def check_extractor(extractor: object) -> Extractor:
     """The extractor input, or a clear error naming what was linked instead."""
     if not isinstance(extractor, Extractor):
-        raise TypeError(f"extractor must come from a Load VGG Extractor node; got {type(extractor).__name__}")
+        raise TypeError(f"extractor must come from an NST Load VGG Extractor node; got {type(extractor).__name__}")
     return extractor
 
 

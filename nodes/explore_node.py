@@ -28,7 +28,7 @@ class LayerExplorerNode:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "extractor": (EXTRACTOR, {"tooltip": "From Load VGG Extractor."}),
+                "extractor": (EXTRACTOR, {"tooltip": "From NST Load VGG Extractor."}),
                 "content": ("IMAGE", {"tooltip": "The image to rebuild from each layer (the first of a batch)."}),
                 "cell_size": ("INT", {
                     "default": 128, "min": 16, "max": 512, "step": 8,

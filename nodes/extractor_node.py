@@ -1,4 +1,4 @@
-"""Load VGG Extractor."""
+"""NST Load VGG Extractor."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ class StylizeFramesNode:
             "required": {
                 "extractor": (EXTRACTOR, {"tooltip": "The same extractor the style target was built with."}),
                 "frames": ("IMAGE", {"tooltip": "The frames, as one IMAGE batch in playing order (all one size)."}),
-                "style_target": (STYLE_TARGET, {"tooltip": "From Gram Style Target; built once, used for every frame."}),
+                "style_target": (STYLE_TARGET, {"tooltip": "From NST Style Target; built once, used for every frame."}),
                 "content_layer": (layer_names("vgg19"), {
                     "default": get_preset(DEFAULT_PRESET).content_layer,
                     "tooltip": "Layer of each frame whose activations are matched (relu4_2 is the classic choice).",
@@ -72,7 +72,7 @@ class StylizeFramesNode:
         check_extractor(extractor)
         regions = style_regions(style_target)
         if not regions:
-            raise ValueError("NST Stylize Frames needs a style_target; link a Gram Style Target")
+            raise ValueError("NST Stylize Frames needs a style_target; link an NST Style Target")
         clip = image_to_nst(frames, "frames")
         base = settings_for(schedule, regions[0].statistic)
         settings = base.replace(steps=steps or None, seed=init_seed)  # content_weight goes on each frame's target

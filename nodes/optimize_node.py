@@ -1,4 +1,4 @@
-"""Style Transfer Optimize."""
+"""NST Style Transfer Optimize."""
 
 from __future__ import annotations
 
@@ -81,8 +81,8 @@ class StyleTransferOptimizeNode:
                 }),
             },
             "optional": {
-                "content_target": (CONTENT_TARGET, {"tooltip": "From Content Target (optional)."}),
-                "style_target": (STYLE_TARGET, {"tooltip": "From Gram Style Target (optional; chained masked "
+                "content_target": (CONTENT_TARGET, {"tooltip": "From NST Content Target (optional)."}),
+                "style_target": (STYLE_TARGET, {"tooltip": "From NST Style Target (optional; chained masked "
                                                            "targets give one style per region)."}),
                 "init_image": ("IMAGE", {"tooltip": "Start from this image instead (resized to the output)."}),
                 # a widget, optional so that API prompts written before it existed stay valid
@@ -104,7 +104,7 @@ class StyleTransferOptimizeNode:
     def run(self, extractor, schedule, steps, content_weight, style_weight, tv_weight, size, init, init_seed,
             colors="style", content_target=None, style_target=None, init_image=None, tile=0):
         if content_target is None and style_target is None:
-            raise ValueError("Style Transfer Optimize needs a content_target, a style_target, or both; link one")
+            raise ValueError("NST Style Transfer Optimize needs a content_target, a style_target, or both; link one")
         check_extractor(extractor)
         regions = style_regions(style_target)
         content_image = content_target.image if content_target is not None else None

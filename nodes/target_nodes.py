@@ -1,17 +1,18 @@
-"""Content Target and Gram Style Target."""
+"""NST Content Target and NST Style Target (ID NST_GramStyleTarget)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from ..nst_core.layers import layer_names, parse_layers
 from ..nst_core.presets import DEFAULT_PRESET, get_preset
 from ..nst_core.statistics import STATISTICS
 from ..nst_core.optimizer import style_regions
 from ..nst_core.targets import ContentTarget, StyleTarget
-from .common import CATEGORY, CONTENT_TARGET, EXTRACTOR, STYLE_TARGET, check_choices
-from .convert import check_extractor, image_to_nst
+from .common import CATEGORY, CONTENT_TARGET, EXTRACTOR, STYLE_TARGET
+from .convert import check_extractor, check_mask, image_to_nst
 
 CUSTOM = "custom (use custom_layers)"
 LAYER_SETS = {
@@ -22,15 +23,23 @@ LAYER_SETS = {
 }
 
 
-def parse_floats(text: str, what: str) -> Optional[List[float]]:
-    """``"4, 2, 1"`` → ``[4.0, 2.0, 1.0]``; empty text → None; clear error otherwise."""
+def parse_layer_weights(text: Optional[str]) -> Optional[List[float]]:
+    """The ``layer_weights`` text: ``"4, 2, 1"`` → ``[4.0, 2.0, 1.0]``; empty (or linked: None) → None.
+
+    Each must be a finite number ≥ 0; a clear error names the input otherwise. Whether there is one
+    per layer depends on the other inputs: :func:`resolve_layers` checks that.
+    """
     text = (text or "").strip()
     if not text:
         return None
     try:
-        return [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+        weights = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"{what} must be comma-separated numbers like '4,2,1,1,1'; got {text!r}") from None
+        raise ValueError(f"layer_weights must be comma-separated numbers like '4,2,1,1,1'; got {text!r}") from None
+    bad = [w for w in weights if not 0 <= w < math.inf]
+    if bad:
+        raise ValueError(f"layer_weights: each layer weight must be a finite number ≥ 0; got {bad[0]} in {text!r}")
+    return weights
 
 
 class ContentTargetNode:
@@ -48,7 +57,7 @@ class ContentTargetNode:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "extractor": (EXTRACTOR, {"tooltip": "From Load VGG Extractor."}),
+                "extractor": (EXTRACTOR, {"tooltip": "From NST Load VGG Extractor."}),
                 "image": ("IMAGE", {"tooltip": "The content image (a batch gives several outputs)."}),
                 "layer": (layer_names("vgg19"), {
                     "default": get_preset(DEFAULT_PRESET).content_layer,
@@ -73,26 +82,31 @@ class ContentTargetNode:
     def build(self, extractor, image, layer, weight, mask=None, mask_strength=4.0):
         # validation only: the activations are computed by the optimiser, at the sizes it needs
         img = image_to_nst(image, "content image")
+        check_mask(mask, "content mask", "it would hold nothing harder; disconnect it, or give white where the "
+                                         "content must hold")
         target = ContentTarget.create(check_extractor(extractor), img, layer, weight, mask, mask_strength)
         return (target.to("cpu"),)
 
 
 class GramStyleTargetNode:
     DESCRIPTION = (
-        "Captures the style statistics (Gram matrices or mean/covariance) of several layers of the style "
-        "image(s). A batch counts as several style images; chain nodes through add_to to blend styles."
+        "The style as statistics of several VGG layers of the style image(s): by default their mean and "
+        "covariance, matched with a Wasserstein-2 loss (statistic = moments); Gram matrices with statistic = "
+        "gram. A batch counts as several style images; chain nodes through add_to to blend styles, or give "
+        "each a mask to paint regions."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = (STYLE_TARGET,)
     RETURN_NAMES = ("style_target",)
-    OUTPUT_TOOLTIPS = ("The style target; feed it to Style Transfer Optimize or to another style node's add_to.",)
+    OUTPUT_TOOLTIPS = ("The style target; feed it to NST Style Transfer Optimize or to another NST Style "
+                       "Target's add_to.",)
     FUNCTION = "build"
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "extractor": (EXTRACTOR, {"tooltip": "From Load VGG Extractor."}),
+                "extractor": (EXTRACTOR, {"tooltip": "From NST Load VGG Extractor."}),
                 "image": ("IMAGE", {"tooltip": "Style image(s); every image of a batch is blended equally."}),
                 "layers": (list(LAYER_SETS) + [CUSTOM], {
                     "default": next(iter(LAYER_SETS)),
@@ -110,8 +124,9 @@ class GramStyleTargetNode:
                 }),
                 "statistic": (list(STATISTICS), {
                     "default": get_preset(DEFAULT_PRESET).statistic,
-                    "tooltip": "moments: mean+covariance with a Wasserstein loss (best quality); gram: "
-                               "Gram/(CHW); gram_normalized: the seed notebook's cosine Gram.",
+                    "tooltip": "moments (default): mean and covariance with a Wasserstein-2 loss (best "
+                               "quality); gram: Gram/(CHW), Gatys et al.; gram_normalized: the seed notebook's "
+                               "cosine Gram.",
                 }),
                 "style_scale": ("FLOAT", {
                     "default": 1.0, "min": 0.05, "max": 8.0, "step": 0.05,
@@ -134,11 +149,12 @@ class GramStyleTargetNode:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, layers, custom_layers, layer_weights):
-        # named arguments only: ComfyUI keeps its own range checks for every other input
+    def VALIDATE_INPUTS(cls, layer_weights):
+        # ComfyUI (2024-03 and 2025 alike) files a failed VALIDATE_INPUTS once on every input it names:
+        # naming only layer_weights reports its error once, on it. ComfyUI checks the layers combo itself;
+        # custom_layers and the count of weights are checked when the node runs (resolve_layers).
         try:
-            check_choices(cls, {"layers": layers})
-            resolve_layers(layers, custom_layers, layer_weights)
+            parse_layer_weights(layer_weights)
         except ValueError as exc:
             return str(exc)
         return True
@@ -148,6 +164,7 @@ class GramStyleTargetNode:
         # validation only: the statistics are computed by the optimiser, at the sizes it needs
         names, weights = resolve_layers(layers, custom_layers, layer_weights)
         img = image_to_nst(image, "style image")
+        check_mask(mask, "style mask", "the style would paint nowhere")
         target = StyleTarget.create(check_extractor(extractor), img, names, weights, statistic, None,
                                     style_scale, mask=mask).to("cpu")
         return (combine_styles(add_to, target, blend_weight),)
@@ -167,22 +184,21 @@ def combine_styles(existing, new: StyleTarget, weight: float):
     return regions + (replace(new, weight=new.weight * weight),)
 
 
-def resolve_layers(layers, custom_layers, layer_weights):
-    """The node's layer choice → (names, weights or None), validated."""
-    if layers is None:  # linked or absent at validation time
-        return None, None
+def resolve_layers(layers: str, custom_layers: str, layer_weights: str) -> Tuple[List[str], Optional[List[float]]]:
+    """The node's layer choice → (names, weights or None), validated: a clear error names the wrong input."""
     preset = get_preset(DEFAULT_PRESET)
     if layers == CUSTOM:
         if not (custom_layers or "").strip():
             raise ValueError("layers is 'custom' but custom_layers is empty; give e.g. relu1_1,relu3_1,relu5_1")
-        names = parse_layers(custom_layers)
+        try:
+            names = parse_layers(custom_layers)
+        except ValueError as exc:
+            raise ValueError(f"custom_layers: {exc}") from None
     else:
         names = parse_layers(layers)
-    weights = parse_floats(layer_weights, "layer_weights")
+    weights = parse_layer_weights(layer_weights)
     if weights is None and tuple(names) == preset.style_layers:
         weights = list(preset.style_layer_weights) if preset.style_layer_weights else None
     if weights is not None and len(weights) != len(names):
         raise ValueError(f"layer_weights has {len(weights)} numbers for {len(names)} layers; give one per layer")
-    if weights is not None and any(w < 0 for w in weights):
-        raise ValueError(f"layer_weights must be ≥ 0; got {weights}")
     return names, weights

@@ -54,7 +54,7 @@ def nonneg_float(text: str) -> float:
 def style_layers_and_weights(args: argparse.Namespace) -> Tuple[List[str], Optional[List[float]]]:
     """The style layers and their weights a ``transfer``/``texture`` command line means.
 
-    As in the Gram Style Target node: without ``--style-layer-weights``, the preset's layers get the
+    As in the NST Style Target node: without ``--style-layer-weights``, the preset's layers get the
     preset's weights (also when named explicitly), other layers equal weights.
     """
     preset = get_preset(args.preset)

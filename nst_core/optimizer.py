@@ -130,7 +130,7 @@ def style_regions(style: Styles) -> Tuple[StyleTarget, ...]:
         regions = (style,)
     for t in regions:
         if not isinstance(t, StyleTarget):
-            raise TypeError(f"style must be a StyleTarget (StyleTarget.create or a Gram Style Target node) or a "
+            raise TypeError(f"style must be a StyleTarget (StyleTarget.create or an NST Style Target node) or a "
                             f"list of them; got {type(t).__name__}")
     if sum(t.mask is None for t in regions) > 1:
         raise ValueError("more than one style target without a mask: blend them into one (StyleTarget.blend or "
@@ -143,7 +143,7 @@ def _validate(settings: Settings, content: Optional[ContentTarget], regions: Tup
     if content is None and not regions:
         raise ValueError("nothing to optimise for: give a content target, a style target, or both")
     if content is not None and not isinstance(content, ContentTarget):
-        raise TypeError(f"content must be a ContentTarget (ContentTarget.create or a Content Target node); "
+        raise TypeError(f"content must be a ContentTarget (ContentTarget.create or an NST Content Target node); "
                         f"got {type(content).__name__}")
     for name, t in [("content", content)] + [("style", r) for r in regions]:
         if t is not None and t.extractor_signature != extractor.signature:

@@ -281,12 +281,9 @@ def test_unknown_or_misspelt_layer_names_suggest_the_nearest(rand_ext, images, n
     # no near match: the naming pattern alone
     with raises(ValueError, "unknown layer 'block4'", pattern):
         parse_layers(["block4"])
-    # in the nodes: the custom layer list is checked at validation time and again when run
-    cls = pack.NODE_CLASS_MAPPINGS["NST_GramStyleTarget"]
-    msg = cls.VALIDATE_INPUTS(layers="custom (use custom_layers)", custom_layers=f"relu1_1,{typo}", layer_weights="")
-    assert isinstance(msg, str) and hint in msg, msg
+    # in the nodes: the custom layer list is checked when the node runs, before any network work
     with no_forward(pext):
-        with raises(ValueError, hint):
+        with raises(ValueError, f"custom_layers: unknown layer {typo!r}", hint):
             node_style(nodes, pext, comfy_image(images.checkerboard(32, 32)), layers="custom (use custom_layers)",
                        custom_layers=f"relu1_1,{typo}")
         with raises(ValueError, hint):
@@ -309,15 +306,13 @@ def test_empty_style_layer_list(rand_ext, images, empty):
 
 
 def test_empty_style_layer_list_in_the_node(pack, nodes, pext, images):
-    cls = pack.NODE_CLASS_MAPPINGS["NST_GramStyleTarget"]
     custom = "custom (use custom_layers)"
-    msg = cls.VALIDATE_INPUTS(layers=custom, custom_layers="  ", layer_weights="")
-    assert isinstance(msg, str) and "custom_layers is empty" in msg and "relu1_1,relu3_1,relu5_1" in msg
-    msg = cls.VALIDATE_INPUTS(layers=custom, custom_layers=" , ,", layer_weights="")
-    assert isinstance(msg, str) and "the layer list is empty" in msg
     with no_forward(pext):
-        with raises(ValueError, "custom_layers is empty", "give e.g."):
-            node_style(nodes, pext, comfy_image(images.checkerboard(32, 32)), layers=custom, custom_layers="")
+        for empty in ("", "  "):
+            with raises(ValueError, "custom_layers is empty", "give e.g.", "relu1_1,relu3_1,relu5_1"):
+                node_style(nodes, pext, comfy_image(images.checkerboard(32, 32)), layers=custom, custom_layers=empty)
+        with raises(ValueError, "custom_layers: the layer list is empty"):
+            node_style(nodes, pext, comfy_image(images.checkerboard(32, 32)), layers=custom, custom_layers=" , ,")
 
 
 @pytest.mark.parametrize("empty", [[], ""])
@@ -353,10 +348,12 @@ def test_negative_weights(rand_ext, images, targets, nodes, pext, pack):
         for name in ("content_weight", "style_weight", "tv_weight", "lr"):
             with raises(ValueError, f"{name} must be a finite number ≥ 0; got -0.25"):
                 optimize(rand_ext, content, style, settings=quick(**{name: -0.25}))
-    # nodes: the layer_weights text is checked at validation time; the multipliers when run
+    # nodes: the layer_weights text is checked at validation time and again when run; the multipliers when run
     cls = pack.NODE_CLASS_MAPPINGS["NST_GramStyleTarget"]
-    msg = cls.VALIDATE_INPUTS(layers="relu1_1,relu2_1,relu3_1", custom_layers="", layer_weights="1,-1,1")
-    assert isinstance(msg, str) and "layer_weights must be ≥ 0" in msg and "-1.0" in msg
+    msg = cls.VALIDATE_INPUTS(layer_weights="1,-1,1")
+    assert isinstance(msg, str) and "layer_weights: each layer weight must be a finite number ≥ 0; got -1.0" in msg
+    with no_forward(pext), raises(ValueError, msg):
+        node_style(nodes, pext, comfy_image(s_img), layers="relu1_1,relu2_1,relu3_1", layer_weights="1,-1,1")
     ct = node_content(nodes, pext, comfy_image(c_img))
     with no_forward(pext):
         with raises(ValueError, "content weight must be a finite number ≥ 0; got -1.0"):

@@ -34,16 +34,28 @@ def _optimize(nodes, ext, **kw):
 
 
 def test_mappings_have_exact_display_names_and_prefixed_ids(pack):
-    assert pack.NODE_DISPLAY_NAME_MAPPINGS == {
-        "NST_LoadVGGExtractor": "Load VGG Extractor",
-        "NST_ContentTarget": "Content Target",
-        "NST_GramStyleTarget": "Gram Style Target",
-        "NST_StyleTransferOptimize": "Style Transfer Optimize",
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS == {  # the IDs are workflow identity and never change
+        "NST_LoadVGGExtractor": "NST Load VGG Extractor",
+        "NST_ContentTarget": "NST Content Target",
+        "NST_GramStyleTarget": "NST Style Target",
+        "NST_StyleTransferOptimize": "NST Style Transfer Optimize",
         "NST_MatchColors": "NST Match Colors",
         "NST_LayerExplorer": "NST Layer Explorer",
         "NST_StylizeFrames": "NST Stylize Frames",
     }
     assert set(pack.NODE_CLASS_MAPPINGS) == set(pack.NODE_DISPLAY_NAME_MAPPINGS)
+    assert all(name.startswith("NST ") for name in pack.NODE_DISPLAY_NAME_MAPPINGS.values())
+
+
+def test_the_style_target_says_its_default_statistic_first(pack):
+    """The default is mean and covariance (W2), not Gram: the node's name does not say Gram, and the first
+    line of its description and of the statistic's tooltip say what the default is."""
+    cls = pack.NODE_CLASS_MAPPINGS["NST_GramStyleTarget"]
+    assert "Gram" not in pack.NODE_DISPLAY_NAME_MAPPINGS["NST_GramStyleTarget"]
+    first = cls.DESCRIPTION.split(". ")[0]
+    assert "by default their mean and covariance" in first and "Wasserstein" in first
+    statistic = cls.INPUT_TYPES()["required"]["statistic"]
+    assert statistic[1]["default"] == "moments" and statistic[1]["tooltip"].startswith("moments (default): mean and covariance")
 
 
 def test_every_input_has_a_tooltip_and_nodes_share_a_category(pack):
@@ -123,17 +135,43 @@ def test_optimize_without_targets_says_what_to_link(nodes, extractor):
         _optimize(nodes, extractor)
 
 
-def test_style_layer_validation_reaches_the_user(pack):
+def test_style_layer_validation_reaches_the_user(pack, nodes, extractor):
     cls = pack.NODE_CLASS_MAPPINGS["NST_GramStyleTarget"]
-    assert cls.VALIDATE_INPUTS(layers="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1", custom_layers="",
-                               layer_weights="") is True
-    msg = cls.VALIDATE_INPUTS(layers="custom (use custom_layers)", custom_layers="relu1_1,rleu3_1",
-                              layer_weights="")
-    assert isinstance(msg, str) and "relu3_1" in msg
-    msg = cls.VALIDATE_INPUTS(layers="relu1_1,relu2_1,relu3_1", custom_layers="", layer_weights="1,2")
-    assert isinstance(msg, str) and "one per layer" in msg
-    msg = cls.VALIDATE_INPUTS(layers="custom (use custom_layers)", custom_layers="", layer_weights="")
-    assert isinstance(msg, str) and "custom_layers is empty" in msg
+    assert cls.VALIDATE_INPUTS(layer_weights="") is True
+    assert cls.VALIDATE_INPUTS(layer_weights="4, 2;1,1,1") is True
+    assert cls.VALIDATE_INPUTS(layer_weights=None) is True  # linked: known only when the node runs
+    for text, words in [("4,2,x", "comma-separated numbers"), ("1,-1,1", "≥ 0; got -1.0"),
+                        ("1e400,1,1", "finite number ≥ 0; got inf"), ("1,nan", "got nan")]:
+        msg = cls.VALIDATE_INPUTS(layer_weights=text)
+        assert isinstance(msg, str) and msg.startswith("layer_weights") and words in msg, (text, msg)
+    # what depends on several inputs is checked when the node runs, before any network work
+    style = torch.rand(1, 32, 32, 3)
+    custom = "custom (use custom_layers)"
+    for kw, words in [(dict(layers=custom, custom_layers="relu1_1,rleu3_1"), "custom_layers: unknown layer 'rleu3_1'"),
+                      (dict(layers="relu1_1,relu2_1,relu3_1", layer_weights="1,2"), "one per layer"),
+                      (dict(layers=custom, custom_layers=""), "custom_layers is empty")]:
+        with torch.inference_mode(), pytest.raises(ValueError, match=re.escape(words)):
+            _style(nodes, extractor, style, **kw)
+
+
+def comfyui_validation_errors(cls, values: dict) -> list:
+    """The errors ComfyUI files for a failed VALIDATE_INPUTS, as its execution.validate_inputs does (2024-03
+    and 2025 alike): one "custom_validation_failed" per argument the method names, on that input.
+    (tests/comfy checks the same against a real server.)"""
+    import inspect
+
+    names = [a for a in inspect.getfullargspec(cls.VALIDATE_INPUTS).args if a != "cls"]
+    result = cls.VALIDATE_INPUTS(**{n: values.get(n) for n in names})
+    return [] if result is True else [{"input_name": n, "details": f"{n} - {result}"} for n in names]
+
+
+def test_one_bad_layer_weight_is_one_error_on_layer_weights(pack):
+    cls = pack.NODE_CLASS_MAPPINGS["NST_GramStyleTarget"]
+    values = dict(layers="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1", custom_layers="", layer_weights="4,2,x,1,1",
+                  statistic="moments", style_scale=1.0)
+    errors = comfyui_validation_errors(cls, values)
+    assert [e["input_name"] for e in errors] == ["layer_weights"], errors
+    assert comfyui_validation_errors(cls, dict(values, layer_weights="4,2,1,1,1")) == []
 
 
 def test_wrong_image_layout_is_a_clear_error(nodes, extractor):
@@ -231,13 +269,14 @@ def test_the_seed_input_has_no_randomize_control():
     assert all("control_after_generate" not in opts for _, opts in spec["required"].values() if isinstance(opts, dict))
 
 
-def test_validate_inputs_names_its_arguments_so_comfyui_keeps_its_range_checks(nodes):
+def test_validate_inputs_names_one_argument_so_comfyui_keeps_its_own_checks(nodes):
+    """ComfyUI skips its combo/range checks for the inputs VALIDATE_INPUTS names (all, with **kwargs):
+    naming only layer_weights (a free text) leaves the layers combo and every range to ComfyUI."""
     import inspect
 
     sig = inspect.signature(nodes["NST_GramStyleTarget"].VALIDATE_INPUTS)
     assert not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-    assert set(sig.parameters) == {"layers", "custom_layers", "layer_weights"}
-    assert "not one of the choices" in nodes["NST_GramStyleTarget"].VALIDATE_INPUTS("relu9_9", "", "")
+    assert set(sig.parameters) == {"layer_weights"}
 
 
 def test_add_to_refuses_different_layer_weights_and_style_scale(nodes, extractor):
@@ -261,3 +300,28 @@ def test_masked_styles_chain_into_regions(nodes, extractor):
         out = _optimize(nodes, extractor, content_target=ct, style_target=b, size=32, steps=1)
     assert isinstance(b, tuple) and len(b) == 2 and b[1].weight == 0.5
     assert out.shape == (1, 32, 32, 3)
+
+
+@pytest.mark.parametrize("node", ["NST_GramStyleTarget", "NST_ContentTarget"])
+def test_an_all_black_mask_from_an_image_without_alpha_says_why_and_how_to_fix(nodes, extractor, node):
+    image = torch.rand(1, 48, 48, 3)
+    name = "style mask" if node == "NST_GramStyleTarget" else "content mask"
+
+    def build(mask):
+        with torch.inference_mode():
+            if node == "NST_GramStyleTarget":
+                return _style(nodes, extractor, image, mask=mask)
+            return nodes["NST_ContentTarget"].build(extractor, image, "relu4_2", 1.0, mask=mask)[0]
+
+    # what ComfyUI's Load Image gives for a JPG (no alpha channel): a [1,64,64] mask of zeros
+    with pytest.raises(ValueError) as exc:
+        build(torch.zeros(1, 64, 64))
+    msg = str(exc.value)
+    for words in (f"the {name} is all black", "empty 64×64 mask that Load Image gives for an image without an alpha "
+                  "channel (a JPG", "PNG whose region is transparent", "Solid Mask", "Convert Image to Mask"):
+        assert words in msg, msg
+    # an opaque PNG gives zeros at its own size: the same fixes, and why
+    with pytest.raises(ValueError, match="white only where its image is transparent, and this image has no "
+                                         "transparent pixel"):
+        build(torch.zeros(1, 40, 56))
+    assert build(torch.full((1, 64, 64), 0.5)).mask is not None  # a real mask of that size is taken
