@@ -1,7 +1,13 @@
 """Write the example workflows: UI format in example_workflows/, API-format twins in tests/comfy/api_workflows/.
 
 One graph description produces both files, so the twins never drift apart. Run from the repo root:
-``python scripts/make_workflows.py`` (``--check`` exits 1 if the files on disk differ).
+``python scripts/make_workflows.py`` (``--check`` exits 1 if the files on disk differ, or if
+example_workflows/ holds a workflow or thumbnail this script does not make).
+
+ComfyUI's template browser shows a custom node pack's ``example_workflows/*.json`` with the file name
+as the title and a same-named ``.jpg`` as the thumbnail, in the order the server lists them (sorted
+by name in newer servers): the UI files are named by their human titles (``TEMPLATE_TITLES``), chosen
+so that the basic workflow sorts first. The API twins keep the short names.
 """
 
 from __future__ import annotations
@@ -52,9 +58,9 @@ SPECS: Dict[str, Tuple[List[Tuple[str, str]], List[str], List[Tuple[str, str]]]]
         ["content_layer", "content_weight", "schedule", "steps", "size", "temporal_weight", "init_seed"],
         [("frames", "IMAGE")]),
 }
-TITLES = {
-    "NST_LoadVGGExtractor": "Load VGG Extractor", "NST_ContentTarget": "Content Target",
-    "NST_GramStyleTarget": "Gram Style Target", "NST_StyleTransferOptimize": "Style Transfer Optimize",
+TITLES = {  # the nodes' display names (nodes/__init__.py)
+    "NST_LoadVGGExtractor": "NST Load VGG Extractor", "NST_ContentTarget": "NST Content Target",
+    "NST_GramStyleTarget": "NST Style Target", "NST_StyleTransferOptimize": "NST Style Transfer Optimize",
     "NST_StylizeFrames": "NST Stylize Frames",
     "NST_MatchColors": "NST Match Colors", "NST_LayerExplorer": "NST Layer Explorer",
 }
@@ -222,6 +228,31 @@ GRAPHS = {
 }
 
 
+# graph name -> the UI file's name: the title the template browser shows (sorted, basic first)
+TEMPLATE_TITLES = {
+    "basic_transfer": "Basic style transfer",
+    "chained_with_core_nodes": "Chained with core nodes",
+    "color_preserving_transfer": "Colour-preserving transfer",
+    "content_reconstruction": "Content reconstruction from one layer",
+    "frames_temporal": "Video frames with temporal loss",
+    "large_image_in_tiles": "Large image in tiles",
+    "layer_explorer": "Layer explorer",
+    "texture_synthesis": "Texture synthesis",
+    "two_styles_blended": "Two styles blended",
+    "two_styles_by_mask": "Two styles by mask",
+}
+
+
+def ui_path(name: str, ext: str = ".json") -> str:
+    """Path of a graph's UI workflow (``.json``) or thumbnail (``.jpg``) in example_workflows/."""
+    return os.path.join(UI_DIR, TEMPLATE_TITLES[name] + ext)
+
+
+def api_path(name: str) -> str:
+    """Path of a graph's API twin in tests/comfy/api_workflows/."""
+    return os.path.join(API_DIR, name + ".json")
+
+
 def api_format(graph) -> dict:
     """The ``/prompt`` body's ``prompt`` for a graph."""
     out = {}
@@ -339,20 +370,25 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     stale = []
     for name, (_, graph) in GRAPHS.items():
-        for folder, data in ((UI_DIR, ui_format(graph)), (API_DIR, api_format(graph))):
-            path = os.path.join(folder, name + ".json")
+        for path, data in ((ui_path(name), ui_format(graph)), (api_path(name), api_format(graph))):
             text = json.dumps(data, indent=2) + "\n"
             old = open(path).read() if os.path.exists(path) else None
             if old != text:
                 stale.append(os.path.relpath(path, ROOT))
                 if not args.check:
-                    os.makedirs(folder, exist_ok=True)
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
                     with open(path, "w") as f:
                         f.write(text)
-    if args.check and stale:
-        print("stale workflow files:", ", ".join(stale), file=sys.stderr)
-        return 1
-    return 0
+    made = {os.path.basename(ui_path(n, ext)) for n in GRAPHS for ext in (".json", ".jpg")}
+    strays = sorted(f for f in os.listdir(UI_DIR) if f not in made)
+    missing = sorted(os.path.basename(ui_path(n, ".jpg")) for n in GRAPHS if not os.path.exists(ui_path(n, ".jpg")))
+    problems = [(what, files) for what, files in (
+        ("stale workflow files", stale if args.check else []),
+        ("files no graph makes (rename or remove them)", strays),
+        ("missing thumbnails", missing)) if files]
+    for what, files in problems:
+        print(f"{what}: {', '.join(files)}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

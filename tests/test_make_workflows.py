@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,19 +20,69 @@ def test_files_on_disk_match_the_generator():
 
 @pytest.mark.parametrize("name", sorted(mw.GRAPHS))
 def test_ui_workflow_is_consistent(name):
-    ui = json.load(open(os.path.join(ROOT, "example_workflows", name + ".json")))
+    ui = json.load(open(mw.ui_path(name)))
     assert ui["version"] == 0.4 and ui["last_link_id"] == len(ui["links"])
     nodes = {n["id"]: n for n in ui["nodes"]}
     for link_id, src, src_slot, dst, dst_slot, typ in ui["links"]:
         assert link_id in nodes[src]["outputs"][src_slot]["links"]
         assert nodes[dst]["inputs"][dst_slot]["link"] == link_id
         assert nodes[dst]["inputs"][dst_slot]["type"] == typ == nodes[src]["outputs"][src_slot]["type"]
-    assert os.path.exists(os.path.join(ROOT, "example_workflows", name + ".jpg")), "thumbnail missing"
+    assert os.path.exists(mw.ui_path(name, ".jpg")), "thumbnail missing"
+
+
+# --------------------------------------------------------------------------- the template browser
+
+
+def test_the_template_browser_lists_basic_first_under_human_titles():
+    """ComfyUI lists example_workflows/*.json by file name (sorted in newer servers; the frontend's
+    alphabetical sort goes by the same name) and shows the name as the title."""
+    listed = sorted(f[:-5] for f in os.listdir(os.path.join(ROOT, "example_workflows")) if f.endswith(".json"))
+    assert listed == sorted(mw.TEMPLATE_TITLES[n] for n in mw.GRAPHS)
+    assert listed[0] == mw.TEMPLATE_TITLES["basic_transfer"] == "Basic style transfer"
+    for title in listed:  # words a person reads, not an identifier
+        assert title[0].isupper() and " " in title and "_" not in title, title
+    assert set(mw.TEMPLATE_TITLES) == set(mw.GRAPHS)
+
+
+def test_check_names_files_that_no_graph_makes(tmp_path, monkeypatch, capsys):
+    ui = tmp_path / "example_workflows"
+    ui.mkdir()
+    for name in mw.GRAPHS:
+        for ext in (".json", ".jpg"):
+            with open(os.path.join(mw.UI_DIR, mw.TEMPLATE_TITLES[name] + ext), "rb") as f:
+                (ui / (mw.TEMPLATE_TITLES[name] + ext)).write_bytes(f.read())
+    monkeypatch.setattr(mw, "UI_DIR", str(ui))
+    assert mw.main(["--check"]) == 0
+    (ui / "basic_transfer.json").write_text("{}")  # a file under its old name
+    os.remove(ui / "Layer explorer.jpg")
+    assert mw.main(["--check"]) == 1
+    err = capsys.readouterr().err
+    assert "basic_transfer.json" in err and "missing thumbnails: Layer explorer.jpg" in err
+
+
+def seam_score(path: str) -> float:
+    """How much the most line-like column or row of a picture stands out: the curvature across it,
+    typical (median) over its length, against the median column's or row's. A straight line through
+    the picture (a dashed grid drawn over it) scores high; a painting scores about 2-3."""
+    from PIL import Image
+
+    a = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
+    scores = []
+    for img in (a, a.T):  # columns, then rows
+        curvature = np.median(np.abs(2 * img[:, 1:-1] - img[:, :-2] - img[:, 2:]), axis=0)
+        scores.append(curvature.max() / (np.median(curvature) + 1e-9))
+    return max(scores)
+
+
+def test_the_tiles_thumbnail_has_no_line_that_looks_like_a_seam():
+    """Tiled runs promise no seams; a grid drawn over the thumbnail said the opposite (it scored 7.5)."""
+    assert seam_score(mw.ui_path("large_image_in_tiles", ".jpg")) < 4.0
+    assert seam_score(mw.ui_path("basic_transfer", ".jpg")) < 4.0  # the score's scale: a plain result
 
 
 @pytest.mark.parametrize("name", sorted(mw.GRAPHS))
 def test_api_twin_widgets_match_node_inputs(name):
-    api = json.load(open(os.path.join(ROOT, "tests", "comfy", "api_workflows", name + ".json")))
+    api = json.load(open(mw.api_path(name)))
     for node in api.values():
         linked, widgets, _ = mw.SPECS[node["class_type"]]
         for key in node["inputs"]:
@@ -60,7 +111,7 @@ def overlapping(nodes):
 
 @pytest.mark.parametrize("name", sorted(mw.GRAPHS))
 def test_no_node_hides_another_once_the_results_show(name):
-    ui = json.load(open(os.path.join(ROOT, "example_workflows", name + ".json")))
+    ui = json.load(open(mw.ui_path(name)))
     assert overlapping(ui["nodes"]) == []
     assert all(n["pos"][0] >= 0 and n["pos"][1] - TITLE >= 0 for n in ui["nodes"])
 
@@ -85,8 +136,8 @@ def test_layout_keeps_many_results_in_one_column_apart():
 def test_ui_widget_values_are_the_api_inputs_and_seeds_stay_fixed(name):
     """widgets_values hold the API twin's values in widget order; a seed's control widget is "fixed", so that
     queueing again does not re-run the node with a new seed (Optimize's init_seed has no control at all)."""
-    ui = json.load(open(os.path.join(ROOT, "example_workflows", name + ".json")))
-    api = json.load(open(os.path.join(ROOT, "tests", "comfy", "api_workflows", name + ".json")))
+    ui = json.load(open(mw.ui_path(name)))
+    api = json.load(open(mw.api_path(name)))
     for node in ui["nodes"]:
         inputs = api[str(node["id"])]["inputs"]
         expected = []
