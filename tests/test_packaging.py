@@ -204,3 +204,42 @@ def test_a_missing_extra_skips_locally_and_fails_in_ci(monkeypatch):
     with pytest.raises(pytest.fail.Exception, match="missing although CI=true"):
         conftest.require_extra("nst_no_such_module", "video", "these tests")
     assert conftest.require_extra("json", "video", "these tests").__name__ == "json"  # present: the module
+
+# --------------------------------------------------------------------------- the Comfy Registry's package
+
+REGISTRY_OS_PREFIXES = ("Microsoft", "POSIX", "MacOS", "OS Independent")  # what the Registry reads
+
+
+def test_the_registry_finds_the_operating_systems():
+    """The Registry reads OS compatibility from `Operating System ::` classifiers with these prefixes."""
+    found = [c.split(" :: ", 1)[1] for c in _project()["project"]["classifiers"] if c.startswith("Operating System :: ")]
+    assert found and all(v.startswith(REGISTRY_OS_PREFIXES) for v in found), found
+
+
+def _repo_files():
+    """Every file of the pack's tree, relative, with '/' (what a publish would consider)."""
+    skip = {".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis"}
+    out = []
+    for top, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in skip and not d.endswith(".egg-info")]
+        out += [os.path.relpath(os.path.join(top, f), ROOT).replace(os.sep, "/") for f in files]
+    return out
+
+
+def test_comfyignore_keeps_development_files_out_of_the_registry_package(tmp_path):
+    """`comfy node publish` drops the files that .comfyignore matches (gitignore rules): git itself judges them."""
+    (tmp_path / ".gitignore").write_bytes(open(os.path.join(ROOT, ".comfyignore"), "rb").read())
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    files = _repo_files()
+    res = subprocess.run(["git", "-C", str(tmp_path), "check-ignore", "--no-index", "--stdin", "-z"],
+                         input="\0".join(files) + "\0", capture_output=True, text=True)
+    assert res.returncode in (0, 1), res.stderr
+    ignored = set(filter(None, res.stdout.split("\0")))
+    dev = ("tests/", "bench/", "scripts/", "docs/", ".ci/")
+    assert [f for f in files if f.startswith(dev) and f not in ignored] == []
+    assert any(f.startswith("tests/") for f in ignored) and any(f.startswith(".ci/") for f in ignored)
+    kept = [f for f in files if f not in ignored]
+    for needed in ("__init__.py", "pyproject.toml", "requirements.txt", "LICENSE", "README.md",
+                   "nodes/__init__.py", "nst_core/__init__.py"):
+        assert needed in kept, needed
+    assert not [f for f in ignored if f.startswith(("nodes/", "nst_core/", "example_workflows/"))]
