@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 import threading
 import time
@@ -42,6 +43,9 @@ __all__ = [
     "RunResult",
     "WsSession",
     "png_bytes",
+    "jpeg_bytes",
+    "log_lines",
+    "import_time_lines",
     "api_node",
 ]
 
@@ -609,6 +613,31 @@ def png_bytes(width: int, height: int, seed: int = 0, mode: str = "RGB") -> byte
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def jpeg_bytes(width: int, height: int, seed: int = 0) -> bytes:
+    """The same picture as :func:`png_bytes`, as a JPEG (no alpha channel: Load Image's MASK is empty)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(png_bytes(width, height, seed))).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def log_lines(log: str) -> List[str]:
+    """The server log's lines without colour codes: newer servers colour a level tag (``[INFO]``)
+    before each line, 2024-03 writes bare lines. Match inside a line, never at its start."""
+    return [_ANSI.sub("", line) for line in log.splitlines()]
+
+
+def import_time_lines(log: str, pack: str) -> List[str]:
+    """The lines of ComfyUI's "Import times for custom nodes" list that name ``pack`` as loaded
+    (``   0.1 seconds: …/pack``; a failed import reads ``0.1 seconds (IMPORT FAILED): …``)."""
+    pattern = re.compile(r"(^|\s)[\d.]+ seconds: .*" + re.escape(pack) + r"\s*$")
+    return [line for line in log_lines(log) if pattern.search(line)]
 
 
 def api_node(class_type: str, title: Optional[str] = None, **inputs: Any) -> Dict[str, Any]:

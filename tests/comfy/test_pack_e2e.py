@@ -11,19 +11,19 @@ from pathlib import Path
 import pytest
 
 try:
-    from .comfy_client import PromptRejected, api_node, png_bytes
+    from .comfy_client import PromptRejected, api_node, jpeg_bytes, png_bytes
 except ImportError:  # pragma: no cover
-    from comfy_client import PromptRejected, api_node, png_bytes  # type: ignore[no-redef]
+    from comfy_client import PromptRejected, api_node, jpeg_bytes, png_bytes  # type: ignore[no-redef]
 
 pytestmark = pytest.mark.comfy
 
 API_DIR = Path(__file__).parent / "api_workflows"
 WORKFLOWS = sorted(p.stem for p in API_DIR.glob("*.json"))
 NAMES = {
-    "NST_LoadVGGExtractor": "Load VGG Extractor",
-    "NST_ContentTarget": "Content Target",
-    "NST_GramStyleTarget": "Gram Style Target",
-    "NST_StyleTransferOptimize": "Style Transfer Optimize",
+    "NST_LoadVGGExtractor": "NST Load VGG Extractor",
+    "NST_ContentTarget": "NST Content Target",
+    "NST_GramStyleTarget": "NST Style Target",
+    "NST_StyleTransferOptimize": "NST Style Transfer Optimize",
     "NST_MatchColors": "NST Match Colors",
     "NST_LayerExplorer": "NST Layer Explorer",
     "NST_StylizeFrames": "NST Stylize Frames",
@@ -194,3 +194,38 @@ def test_changing_only_optimiser_settings_reuses_cached_targets(comfy, inputs, w
     executed = [e["data"]["node"] for e in ws.events_for(second.prompt_id, "executing") if e["data"]["node"]]
     assert {"1", "2", "3"} <= set(cached), (cached, executed)
     assert "3" not in executed and "4" in executed
+
+
+def test_one_bad_layer_weight_is_one_validation_error_on_layer_weights(comfy, inputs):
+    """The style target feeds a REQUIRED input here (Stylize Frames' style_target), so every server
+    generation validates it at /prompt: one error, on layer_weights, not on layers or custom_layers."""
+    prompt = {
+        "1": api_node("NST_LoadVGGExtractor", weights=BUNDLED, architecture="vgg19", pooling="max",
+                      edge_padding="replicate"),
+        "2": api_node("LoadImage", image="style.jpg"),
+        "3": api_node("NST_GramStyleTarget", extractor=["1", 0], image=["2", 0],
+                      layers="relu1_1,relu2_1,relu3_1,relu4_1,relu5_1", custom_layers="",
+                      layer_weights="4,2,x,1,1", statistic="moments", style_scale=1.0),
+        "4": api_node("NST_StylizeFrames", extractor=["1", 0], frames=["2", 0], style_target=["3", 0],
+                      content_layer="relu4_2", content_weight=1.0, schedule="fast", steps=1, size=32,
+                      temporal_weight=50.0, init_seed=0),
+        "5": api_node("PreviewImage", images=["4", 0]),
+    }
+    with pytest.raises(PromptRejected) as exc:
+        comfy.queue_prompt(prompt)
+    errors = exc.value.node_errors["3"]["errors"]
+    assert [e["extra_info"]["input_name"] for e in errors] == ["layer_weights"], errors
+    assert "comma-separated numbers" in errors[0]["details"], errors
+
+
+def test_a_jpg_mask_says_it_has_no_alpha(comfy, inputs):
+    """Load Image gives a JPG (no alpha channel) an empty 64×64 MASK: the style target says so, and how to fix it."""
+    comfy.upload_image(jpeg_bytes(64, 48, seed=5), "mask_source.jpg")
+    prompt = _long_run(steps=2)
+    prompt["6"] = api_node("LoadImage", image="mask_source.jpg")
+    prompt["3"]["inputs"]["mask"] = ["6", 1]
+    result = comfy.run(prompt, timeout=120)
+    assert not result.ok, result.describe()
+    text = json.dumps(result.error)
+    for words in ("style mask is all black", "without an alpha channel", "PNG", "Solid Mask"):
+        assert words in text, text

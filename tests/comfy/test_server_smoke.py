@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import io
-import re
 
 import pytest
 
 try:
-    from .comfy_client import Preview, PromptRejected, api_node, parse_binary_frame, png_bytes
+    from .comfy_client import (Preview, PromptRejected, api_node, import_time_lines, log_lines,
+                               parse_binary_frame, png_bytes)
 except ImportError:  # pragma: no cover
-    from comfy_client import Preview, PromptRejected, api_node, parse_binary_frame, png_bytes  # type: ignore[no-redef]
+    from comfy_client import (Preview, PromptRejected, api_node, import_time_lines,  # type: ignore[no-redef]
+                              log_lines, parse_binary_frame, png_bytes)
 
 pytestmark = pytest.mark.comfy
 
@@ -31,13 +32,14 @@ def test_server_log_has_no_import_failure(comfy):
     pack = comfy.pack_dir_name or "vgg-style-transfer-nodes"
     failures = [
         line
-        for line in log.splitlines()
+        for line in log_lines(log)
         if ("IMPORT FAILED" in line or "Cannot import" in line or "Skip " in line and "NODE_CLASS_MAPPINGS" in line)
         and pack in line
     ]
     assert not failures, "our pack failed to import:\n" + "\n".join(failures) + "\n--- log ---\n" + comfy.server_log_tail(120)
-    # The pack must appear in ComfyUI's import-times list as a success.
-    loaded = [line for line in log.splitlines() if re.search(r"^\s*[\d.]+ seconds: .*" + re.escape(pack) + r"\s*$", line)]
+    # The pack must appear in ComfyUI's import-times list as a success (after any level tag a newer server puts
+    # first: "[INFO]    0.1 seconds: …/vgg-style-transfer-nodes").
+    loaded = import_time_lines(log, pack)
     assert loaded, f"{pack} is not listed as imported in the server log:\n{comfy.server_log_tail(120)}"
 
 
@@ -46,7 +48,7 @@ def test_server_log_has_no_core_import_failure(comfy):
     log = comfy.server_log()
     if not log:
         pytest.skip("the server log is unknown (external server without NST_COMFY_LOG)")
-    failures = [line for line in log.splitlines() if "IMPORT FAILED" in line or "Cannot import" in line]
+    failures = [line for line in log_lines(log) if "IMPORT FAILED" in line or "Cannot import" in line]
     assert not failures, "\n".join(failures)
 
 
@@ -115,3 +117,15 @@ def test_preview_frame_decoding():
     assert preview.format == "PNG" and preview.data == data
     assert preview.image().size == (6, 4)
     assert parse_binary_frame(struct.pack(">I", 3) + b"xyz") == (3, b"xyz")
+
+
+def test_log_lines_read_both_generations_of_server_log():
+    """2024-03 writes bare lines; a 2026 server puts a coloured level tag before each."""
+    old = "Import times for custom nodes:\n   0.2 seconds: /x/custom_nodes/vgg-style-transfer-nodes\n"
+    new = ("\x1b[32m[INFO]\x1b[0m Import times for custom nodes:\n"
+           "\x1b[32m[INFO]\x1b[0m    0.2 seconds: /x/custom_nodes/vgg-style-transfer-nodes\x1b[0m\n")
+    for log in (old, new):
+        assert log_lines(log)[1].endswith("0.2 seconds: /x/custom_nodes/vgg-style-transfer-nodes")
+        assert import_time_lines(log, "vgg-style-transfer-nodes") == [log_lines(log)[1]]
+    failed = "\x1b[32m[INFO]\x1b[0m    0.2 seconds (IMPORT FAILED): /x/custom_nodes/vgg-style-transfer-nodes\n"
+    assert import_time_lines(failed, "vgg-style-transfer-nodes") == []
