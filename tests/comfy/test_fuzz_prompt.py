@@ -81,7 +81,7 @@ CASES = [
     ("schedule-is-a-number", setter("6", schedule=3), "rejected", ["Value not in list", "schedule"]),
     ("steps-is-a-list", setter("6", steps=[1, 2, 3]), "rejected", ["Bad linked input", "steps"]),
     ("extractor-is-a-literal", setter("6", extractor="vgg19"), "error",
-     ["extractor must come from a Load VGG Extractor node", "str"]),
+     ["extractor must come from an NST Load VGG Extractor node", "str"]),
     ("style-target-fed-a-content-target", setter("6", style_target=["4", 0]), "either",
      ["style", ("ContentTarget", "NST_CONTENT_TARGET")]),
     # out-of-range numbers
