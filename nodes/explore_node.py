@@ -13,7 +13,7 @@ from .convert import check_extractor, extractor_on, image_to_nst, nst_to_image, 
 
 class LayerExplorerNode:
     DESCRIPTION = (
-        "A grid for learning what the layers see. Row 1: the content image rebuilt from noise from one "
+        "A grid for learning what the layers see. Row 1: the content image rebuilt from faint noise from one "
         "layer at a time (relu1_2 … relu5_2: deeper layers keep the layout, lose the pixels). Row 2, with a "
         "style image: textures from growing sets of style layers (relu1_1, +relu2_1, … +relu5_1: larger "
         "and larger structures). Shows the grid as it fills; Cancel stops it within one iteration."

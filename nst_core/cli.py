@@ -111,11 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     _tile_option(t)
     _common(t, "content")
 
-    r = sub.add_parser("reconstruct", help="rebuild CONTENT from one layer's activations, starting from noise")
+    r = sub.add_parser("reconstruct", help="rebuild CONTENT from one layer's activations, starting from faint "
+                                           "noise on gray; stops when the image stops changing (--steps: the budget)")
     r.add_argument("content", help="content image")
     r.add_argument("--layer", default="relu4_2", help="layer to reconstruct from (default relu4_2)")
     _tile_option(r)
-    _common(r, "noise")
+    _common(r, "gray")
 
     x = sub.add_parser("texture", help="synthesise a texture from STYLE(s) alone, starting from noise")
     x.add_argument("styles", nargs="+", metavar="style", help="one or more style images")

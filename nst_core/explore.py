@@ -1,6 +1,6 @@
 """Layer explorer: what each VGG layer keeps of an image, as one labelled grid.
 
-Row 1 rebuilds the content image from noise using one layer at a time (deeper layers keep the
+Row 1 rebuilds the content image from faint noise using one layer at a time (deeper layers keep the
 layout but lose the pixels); row 2, with a style image, synthesises a texture from a growing set of
 style layers (relu1_1; relu1_1+relu2_1; … up to relu5_1: larger and larger structures appear).
 """
@@ -161,8 +161,8 @@ def explore(
 ) -> torch.Tensor:
     """A labelled grid ``[1,3,H,W]`` of what each layer keeps.
 
-    Row 1: ``content`` (its first image) rebuilt from noise from each of ``layers`` alone
-    (:func:`nst_core.recipes.reconstruct`: L-BFGS, ``steps`` evaluations, at long edge ``cell``).
+    Row 1: ``content`` (its first image) rebuilt from faint noise on gray from each of ``layers`` alone
+    (:func:`nst_core.recipes.reconstruct`: L-BFGS, at most ``steps`` evaluations, at long edge ``cell``).
     Row 2, when ``style`` is given: ``cell``×``cell`` textures synthesised from noise from the growing
     sets ``style_layers[:1]``, ``style_layers[:2]``, … (:func:`nst_core.recipes.texture`, the
     ``quality`` losses, Adam, ``steps`` iterations). ``progress`` gets the steps over all cells,
@@ -180,7 +180,7 @@ def explore(
     plan: List[_Cell] = []
     for col, layer in enumerate(layers):
         plan.append(_Cell(0, col, f"content {layer}", content_hw, lambda pr, ca, layer=layer: reconstruct(
-            extractor, content, layer, size=cell, steps=steps, init="noise", progress=pr, cancel=ca, seed=seed)))
+            extractor, content, layer, size=cell, steps=steps, progress=pr, cancel=ca, seed=seed)))
     if style is not None:
         if not style_layers:
             raise ValueError("style_layers is empty; give at least one style layer (e.g. relu1_1)")

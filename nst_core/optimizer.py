@@ -163,7 +163,7 @@ def validate_settings(settings: Settings) -> None:
             raise ValueError(f"{name} must be at least 1; got {getattr(settings, name)}")
     if settings.first_steps is not None and settings.first_steps < 1:
         raise ValueError(f"first_steps must be at least 1; got {settings.first_steps}")
-    for name in ("content_weight", "style_weight", "tv_weight", "lr"):
+    for name in ("content_weight", "style_weight", "tv_weight", "lr", "lbfgs_tolerance"):
         v = float(getattr(settings, name))
         if not (v >= 0) or math.isinf(v):
             raise ValueError(f"{name} must be a finite number ≥ 0; got {v}")
@@ -364,9 +364,12 @@ class _Run:
             left = min(s.lbfgs_max_iter, steps - done)
             opt.param_groups[0].update(max_iter=left, max_eval=left + 1)  # k evaluations, k updates
             before = done
+            start = x.detach().clone() if s.lbfgs_tolerance > 0 else None
             opt.step(closure)
             with torch.no_grad():
                 x.clamp_(0, 1)
-            if done == before:
+                # the image stopped changing: an outer step moved it by less than the tolerance (RMS)
+                settled = start is not None and float((x - start).pow(2).mean().sqrt()) < s.lbfgs_tolerance
+            if done == before or settled:
                 break
         return x.detach().clamp(0, 1)

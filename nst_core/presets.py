@@ -26,6 +26,9 @@ class Settings:
     style_weight: float = 1.0
     tv_weight: float = 0.0
     lbfgs_max_iter: int = 20  # L-BFGS iterations between clips to [0,1]
+    # L-BFGS: a scale stops early once one outer step (lbfgs_max_iter evaluations, then the clip) moves
+    # the image by less than this RMS change (values in 0..1); 0: always use every step given
+    lbfgs_tolerance: float = 0.0
     lbfgs_history: int = 100  # upper bound; also bounded by image size (``lbfgs_memory_mb``)
     lbfgs_memory_mb: int = 1024
     seed: int = 0

@@ -97,20 +97,34 @@ def style_targets(extractor: Extractor, styles: "torch.Tensor | Sequence[torch.T
             for im, m, w in zip(images, masks, region_weights)]
 
 
+#: ``reconstruct`` stops once 20 evaluations (an L-BFGS outer step) change the image by less than this
+#: RMS (values in 0..1: two grey levels): see bench/reconstruct.py and BENCHMARKS.md
+RECONSTRUCT_TOLERANCE = 2 / 255
+
+
 def reconstruct(
     extractor: Extractor,
     content: torch.Tensor,
     layer: str = "relu4_2",
     size: Optional[int] = None,
     steps: int = 300,
-    init: Init = "noise",
+    init: Init = "gray",
     progress: Optional[ProgressFn] = None,
     preview: Optional[PreviewFn] = None,
     cancel: Optional[CancelFn] = None,
     **settings: Any,
 ) -> torch.Tensor:
-    """Rebuild an image from one layer's activations alone, starting from noise (L-BFGS, one scale)."""
-    run_settings = get_preset("seed").settings.replace(steps=steps, content_weight=1.0, tv_weight=0.0).replace(**settings)
+    """Rebuild an image from one layer's activations alone, starting from faint noise (L-BFGS, one scale).
+
+    The start is mid-gray with faint noise (``init="gray"``, like jcjohnson's 0.001-amplitude random
+    init): what the layer cannot see of the start stays in the result, so full-range noise (``"noise"``)
+    left speckle and, clipped to [0, 1] at every outer step, cyan rings on bright skin. ``steps`` is a
+    budget of evaluations: the run stops earlier once the image stops changing (an outer step of
+    ``lbfgs_max_iter`` evaluations moves it by less than ``RECONSTRUCT_TOLERANCE`` RMS;
+    ``lbfgs_tolerance=0`` uses them all).
+    """
+    run_settings = get_preset("seed").settings.replace(steps=steps, content_weight=1.0, tv_weight=0.0,
+                                                      lbfgs_tolerance=RECONSTRUCT_TOLERANCE).replace(**settings)
     validate_settings(run_settings)
     content = _prepare_content(content, size, run_settings.max_size)
     c = ContentTarget.create(extractor, content, layer)

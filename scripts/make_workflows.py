@@ -106,15 +106,15 @@ GRAPHS = {
         7: ("SaveImage", dict(filename_prefix="nst/transfer"), {"images": (6, 0)}),
         8: ("PreviewImage", {}, {"images": (6, 0)}),
     }),
-    "content_reconstruction": ("Rebuild a photo from one layer, starting from noise: relu2_2 stays close, "
-                               "relu5_1 is much noisier (the compression experiment).", {
+    "content_reconstruction": ("Rebuild a photo from one layer, starting from faint noise on gray: relu2_2 stays "
+                               "close, relu5_1 is much noisier (the compression experiment).", {
         1: EXTRACTOR,
         2: ("LoadImage", dict(image="content.jpg", upload="image"), {}),
         3: ("NST_ContentTarget", dict(layer="relu2_2", weight=1.0), {"extractor": (1, 0), "image": (2, 0)}),
         4: ("NST_ContentTarget", dict(layer="relu5_1", weight=1.0), {"extractor": (1, 0), "image": (2, 0)}),
-        5: ("NST_StyleTransferOptimize", optimize(schedule="seed", steps=300, tv_weight=0.0, size=256, init="noise"),
+        5: ("NST_StyleTransferOptimize", optimize(schedule="seed", steps=300, tv_weight=0.0, size=256, init="gray"),
             {"extractor": (1, 0), "content_target": (3, 0)}),
-        6: ("NST_StyleTransferOptimize", optimize(schedule="seed", steps=300, tv_weight=0.0, size=256, init="noise"),
+        6: ("NST_StyleTransferOptimize", optimize(schedule="seed", steps=300, tv_weight=0.0, size=256, init="gray"),
             {"extractor": (1, 0), "content_target": (4, 0)}),
         7: ("SaveImage", dict(filename_prefix="nst/reconstruct_relu2_2"), {"images": (5, 0)}),
         8: ("SaveImage", dict(filename_prefix="nst/reconstruct_relu5_1"), {"images": (6, 0)}),

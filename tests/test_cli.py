@@ -37,7 +37,7 @@ def test_parser_defaults():
     assert a.size == 512 and a.preset == "quality" and a.device == "auto" and a.weights == "original"
     assert a.styles == ["s.jpg"] and a.init == "content"
     r = build_parser().parse_args(["reconstruct", "c.jpg", "-o", "o.png"])
-    assert r.layer == "relu4_2" and r.init == "noise"
+    assert r.layer == "relu4_2" and r.init == "gray"  # faint noise: full-range noise stays in the result
 
 
 def test_transfer_reconstruct_texture_write_images(images, tmp_path, capsys):

@@ -382,6 +382,30 @@ def test_lbfgs_makes_one_update_per_function_evaluation(rand_ext, content, monke
     assert CountingLBFGS.updates == 6
 
 
+def test_lbfgs_stops_when_an_outer_step_leaves_the_image_unchanged(rand_ext, content):
+    """lbfgs_tolerance: a scale ends after the first outer step (lbfgs_max_iter evaluations, then the clip)
+    that moves the image by less than the tolerance, RMS over its values in 0..1; 0 uses every evaluation."""
+    m = 4
+    run = lambda steps, tol=0.0: optimize(rand_ext, content, None, init="noise",  # noqa: E731
+                                          settings=quick(optimizer="lbfgs", steps=steps, lbfgs_max_iter=m,
+                                                         lbfgs_tolerance=tol))
+    # the image after k outer steps (a run is deterministic), and how far each outer step moved it
+    after = [run(k * m) for k in range(1, 9)]
+    moves = [float((b - a).pow(2).mean().sqrt()) for a, b in zip(after, after[1:])]
+    assert moves[0] > 3 * moves[-1] > 0  # it settles
+    tol = sorted(moves)[len(moves) // 2] * 1.0001  # some outer steps move more, some less
+    first = next(k for k, mv in enumerate(moves) if mv < tol)  # moves[k]: outer step k + 2
+    seen = []
+    out = optimize(rand_ext, content, None, init="noise", progress=seen.append,
+                   settings=quick(optimizer="lbfgs", steps=8 * m, lbfgs_max_iter=m, lbfgs_tolerance=tol))
+    assert len(seen) == (first + 2) * m < 8 * m  # stopped right after the first outer step that moved less
+    assert torch.equal(out, after[first + 1]) and seen[-1].total == 8 * m  # the budget stays the total shown
+    everything = []
+    optimize(rand_ext, content, None, init="noise", progress=everything.append,
+             settings=quick(optimizer="lbfgs", steps=8 * m, lbfgs_max_iter=m))
+    assert len(everything) == 8 * m  # tolerance 0 (the default): every evaluation
+
+
 def test_compile_without_a_cpp_compiler_is_a_clear_error(rand_ext, images, monkeypatch):
     import importlib
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nst_core import reconstruct, texture, transfer
+from nst_core import Settings, reconstruct, texture, transfer
+from nst_core.image import load_image
+from nst_core.recipes import RECONSTRUCT_TOLERANCE
 
 FEW = dict(steps=2, first_steps=2)
 
@@ -54,6 +56,31 @@ def test_reconstruct_has_the_content_size(rand_ext, images):
     assert [p.step for p in seen] == [1, 2, 3]
     out = reconstruct(rand_ext, content, layer="relu1_1", size=18, steps=2)
     check(out, (1, 3, 10, 18))
+
+
+def test_reconstruct_stops_early_by_default_and_keeps_the_budget_when_asked(rand_ext, images):
+    assert Settings().lbfgs_tolerance == 0 < RECONSTRUCT_TOLERANCE  # only reconstruct stops early by default
+    img = images.gradient(32, 32)
+    counted = []
+    reconstruct(rand_ext, img, "relu1_1", steps=400, progress=counted.append)
+    assert len(counted) < 400 and len(counted) % 20 == 0
+    fixed = []
+    reconstruct(rand_ext, img, "relu1_1", steps=60, lbfgs_tolerance=0.0, progress=fixed.append)
+    assert len(fixed) == 60
+    with pytest.raises(ValueError, match="lbfgs_tolerance must be a finite number ≥ 0"):
+        reconstruct(rand_ext, img, "relu1_1", steps=20, lbfgs_tolerance=-1.0)
+
+
+@pytest.mark.slow
+def test_reconstruct_from_relu2_2_is_near_the_photo_without_speckle(real_ext, data_image):
+    """The start is faint noise on gray: from full-range noise, what relu2_2 cannot see of the start stayed
+    in the result (colour speckle, and cyan rings where the clip to [0, 1] cut bright skin every outer step)."""
+    photo = load_image(str(data_image("shipwreck.jpg")), 64)
+    err = lambda x: float((x - photo).pow(2).mean())  # noqa: E731
+    default = err(reconstruct(real_ext, photo, "relu2_2", steps=160))
+    noisy = err(reconstruct(real_ext, photo, "relu2_2", steps=160, init="noise"))
+    print(f"MSE against the photo: default start {default:.5f}, full-range noise {noisy:.5f}")
+    assert default < noisy / 3 and default < 0.01
 
 
 @pytest.mark.parametrize("size", [16, 40])
