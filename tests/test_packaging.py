@@ -205,6 +205,7 @@ def test_a_missing_extra_skips_locally_and_fails_in_ci(monkeypatch):
         conftest.require_extra("nst_no_such_module", "video", "these tests")
     assert conftest.require_extra("json", "video", "these tests").__name__ == "json"  # present: the module
 
+
 # --------------------------------------------------------------------------- the Comfy Registry's package
 
 REGISTRY_OS_PREFIXES = ("Microsoft", "POSIX", "MacOS", "OS Independent")  # what the Registry reads
