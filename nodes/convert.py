@@ -48,15 +48,20 @@ def extractor_on(extractor: Extractor, device: torch.device) -> Iterator[Extract
 NO_ALPHA_MASK_HW = (64, 64)
 
 
-def check_mask(mask: object, name: str, effect: str) -> None:
+def check_mask(mask: object, name: str, effect: str, any_black: bool = True) -> None:
     """Refuse an all-black MASK, saying how ComfyUI makes one and how to get a real one.
 
     Load Image's MASK is white where its image is transparent: an image without an alpha channel
     gives an empty 64×64 mask, an opaque one a mask of zeros. ``effect`` says what black means here.
+    With ``any_black=False`` only Load Image's empty 64×64 mask is refused: a black mask at the image's
+    size (a detector that found nothing, say) is then a valid "nothing here".
     """
     if not isinstance(mask, torch.Tensor) or mask.numel() == 0 or bool((mask != 0).any()):
         return  # None, a usable mask, or a malformed one (the engine names that)
-    if tuple(mask.shape[-2:]) == NO_ALPHA_MASK_HW:
+    no_alpha = tuple(mask.shape[-2:]) == NO_ALPHA_MASK_HW
+    if not (any_black or no_alpha):
+        return
+    if no_alpha:
         why = ("it is the empty 64×64 mask that Load Image gives for an image without an alpha channel "
                "(a JPG, say)")
     else:

@@ -83,7 +83,7 @@ class ContentTargetNode:
         # validation only: the activations are computed by the optimiser, at the sizes it needs
         img = image_to_nst(image, "content image")
         check_mask(mask, "content mask", "it would hold nothing harder; disconnect it, or give white where the "
-                                         "content must hold")
+                                         "content must hold", any_black=False)
         target = ContentTarget.create(check_extractor(extractor), img, layer, weight, mask, mask_strength)
         return (target.to("cpu"),)
 
