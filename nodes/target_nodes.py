@@ -95,6 +95,7 @@ class GramStyleTargetNode:
         "gram. A batch counts as several style images; chain nodes through add_to to blend styles, or give "
         "each a mask to paint regions."
     )
+    SEARCH_ALIASES = ["Gram Style Target", "style target", "Gram", "Wasserstein"]  # newer ComfyUI's node search
     CATEGORY = CATEGORY
     RETURN_TYPES = (STYLE_TARGET,)
     RETURN_NAMES = ("style_target",)
