@@ -26,11 +26,8 @@ def load_image(path: str, long_edge: Optional[int] = None) -> torch.Tensor:
                 rgba = im.convert("RGBA")
                 bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, rgba)
-            if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit gray: scale by its own range
-                arr = np.asarray(im, dtype=np.float32)
-                wide = im.mode.startswith("I;16") or arr.max() > 255
-                arr = arr / (1.0 if im.mode == "F" else 65535.0 if wide else 255.0)
-                arr = np.repeat(np.clip(arr, 0, 1)[..., None], 3, axis=2)
+            if _is_wide_gray(im):
+                arr = np.repeat(_wide_gray(im)[..., None], 3, axis=2)
             else:
                 arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     except (OSError, Image.DecompressionBombError) as exc:  # not an image, truncated, unreadable, too large
@@ -44,11 +41,23 @@ def load_mask(path: str) -> torch.Tensor:
     require_file(path, "mask")
     try:
         with Image.open(path) as im:
-            gray = ImageOps.exif_transpose(im).convert("L")
-            arr = np.asarray(gray, dtype=np.float32) / 255.0
+            im = ImageOps.exif_transpose(im)
+            arr = _wide_gray(im) if _is_wide_gray(im) else np.asarray(im.convert("L"), dtype=np.float32) / 255.0
     except (OSError, Image.DecompressionBombError) as exc:
         raise unreadable_image(path, "mask", exc) from None
     return torch.from_numpy(np.ascontiguousarray(arr))[None, None]
+
+
+def _is_wide_gray(im: Image.Image) -> bool:
+    """A 16- or 32-bit gray image (PIL modes I, I;16…, F): ``convert("L")`` would clip it to white."""
+    return im.mode.startswith("I") or im.mode == "F"
+
+
+def _wide_gray(im: Image.Image) -> np.ndarray:
+    """A 16/32-bit gray image as float32 in 0..1, scaled by its own range (16 bit: 65535; float: 1)."""
+    arr = np.asarray(im, dtype=np.float32)
+    wide = im.mode.startswith("I;16") or (arr.size and arr.max() > 255)
+    return np.clip(arr / (1.0 if im.mode == "F" else 65535.0 if wide else 255.0), 0, 1)
 
 
 def require_file(path: str, what: str) -> None:

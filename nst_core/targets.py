@@ -39,21 +39,51 @@ def _check_size(extractor: Extractor, image: torch.Tensor, layers: Sequence[str]
         )
 
 
-class _Memo:
-    """Derived targets a target has already computed, kept on the CPU (the target itself never changes)."""
+MEMO_BYTES = 256 * 2**20  # a target keeps at most this much of derived features (besides the newest entry)
 
-    def __init__(self, limit: int = 8) -> None:
-        self.limit = limit
+
+class _Memo:
+    """Derived targets a target has already computed, kept on the CPU (the target itself never changes).
+
+    Bounded by count (``limit`` entries) and by size: the oldest entries go once the memo holds more than
+    ``limit_bytes`` (:data:`MEMO_BYTES`, 256 MiB: a 2048 px pyramid's content features, where one 4096 px
+    entry alone is 512 MiB); the newest entry is always kept. ComfyUI caches targets between runs, so
+    this bounds what each cached target holds.
+    """
+
+    def __init__(self, limit: int = 8, limit_bytes: Optional[int] = None) -> None:
+        self.limit, self.limit_bytes = limit, MEMO_BYTES if limit_bytes is None else limit_bytes
         self.items: "OrderedDict[tuple, object]" = OrderedDict()
+        self.sizes: Dict[tuple, int] = {}
 
     def get(self, key: tuple, compute: Callable[[], object], to: Callable[[object, str], object]) -> object:
         """The value for ``key``: from the memo, or computed once and remembered."""
         if key not in self.items:
             self.items[key] = to(compute(), "cpu")
-            while len(self.items) > self.limit:
-                self.items.popitem(last=False)
+            self.sizes[key] = tensor_bytes(self.items[key])
         self.items.move_to_end(key)
+        while len(self.items) > 1 and (len(self.items) > self.limit or sum(self.sizes.values()) > self.limit_bytes):
+            old, _ = self.items.popitem(last=False)
+            del self.sizes[old]
         return self.items[key]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensors the memo holds."""
+        return sum(self.sizes.values())
+
+
+def tensor_bytes(value: object) -> int:
+    """Bytes of the tensors in ``value`` (a tensor, a layer's style statistics, or a dict/tuple of them)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    if isinstance(value, LayerStyle):
+        return tensor_bytes(value.stat) + tensor_bytes(value.cov_sqrt) + tensor_bytes(value.cov_trace)
+    return 0
 
 
 def _features(extractor: Extractor, image: torch.Tensor, layers: Sequence[str]) -> Dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from hypothesis import given, strategies as hs
 from PIL import Image
 
 from nst_core import load_image, save_image
-from nst_core.image import as_rgb_batch, fit_long_edge, resize, resize_long_edge, to_pil
+from nst_core.image import as_rgb_batch, fit_long_edge, load_mask, resize, resize_long_edge, to_pil
 
 
 def quantised(h: int, w: int, seed: int = 0) -> torch.Tensor:
@@ -184,6 +184,18 @@ def test_16_bit_grayscale_png(tmp_path):
     img = load_image(str(tmp_path / "g16.png"))
     assert img.shape == (1, 3, 8, 8)
     assert torch.allclose(img[0, 0], torch.from_numpy(arr.astype(np.float32) / 65535), atol=1 / 255)
+
+
+def test_a_16_bit_mask_keeps_its_levels(tmp_path):
+    """A PNG mask in mode I;16 (a 16-bit export) read as gray levels, not clipped to white."""
+    arr = np.linspace(0, 65535, 64).reshape(8, 8).astype(np.uint16)
+    Image.fromarray(arr).save(tmp_path / "mask16.png")
+    with Image.open(tmp_path / "mask16.png") as im:
+        assert im.mode.startswith("I")  # what PIL makes of it (the case that read as all white)
+    mask = load_mask(str(tmp_path / "mask16.png"))
+    assert mask.shape == (1, 1, 8, 8)
+    assert torch.allclose(mask[0, 0], torch.from_numpy(arr.astype(np.float32) / 65535), atol=1 / 255)
+    assert float(mask.mean()) == pytest.approx(0.5, abs=0.01)
 
 
 # shown image as quadrants [[top-left, top-right], [bottom-left, bottom-right]] for each EXIF orientation

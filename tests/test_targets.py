@@ -271,3 +271,20 @@ def test_content_target_validation(rand_ext, images):
         ContentTarget.create(rand_ext, images.gradient(4, 32), "relu4_2")
     with pytest.raises(ValueError, match="content image contains NaN"):
         ContentTarget.create(rand_ext, torch.full((1, 3, 8, 8), float("nan")), "relu1_1")
+
+
+def test_the_memo_of_derived_features_is_bounded_by_bytes(rand_ext, images, monkeypatch):
+    """A target ComfyUI caches keeps at most MEMO_BYTES of derived features (the newest entry always)."""
+    from nst_core import targets
+
+    bound = 5 * 2**19  # 2.5 MiB; relu1_1 of a 112 px output alone is 2.0 MiB
+    monkeypatch.setattr(targets, "MEMO_BYTES", bound)
+    c = ContentTarget.create(rand_ext, images.gradient(96, 128), "relu1_1")
+    for edge in (64, 80, 96, 112):
+        c.at_size(rand_ext, (edge * 2 // 3, edge))
+    held = sum(t.numel() * t.element_size() for t in c._memo.items.values())
+    assert held <= bound, f"the memo holds {held / 2**20:.1f} MiB, above its bound of {bound / 2**20:.1f} MiB"
+    assert list(c._memo.items)[-1][1] == (74, 112)  # the entry in use is kept
+    one = targets._Memo(limit_bytes=1)
+    one.get(("a",), lambda: torch.zeros(1000), lambda t, d: t)
+    assert len(one.items) == 1  # even above the bound, the newest entry stays
