@@ -3,7 +3,8 @@
 The W2 transport does its C×C algebra (covariances, matrix square roots, eigendecompositions) in
 float64: real feature covariances have condition numbers of 1e9–1e11, and TF32 or bf16 rounding of
 that algebra turns the style gradient into noise. Devices without float64 (MPS, DirectML) or with slow
-float64 hand the algebra to the CPU; the choice for CUDA is made once per device by measurement.
+float64 hand the algebra to the CPU; whether a device has float64 is probed once (a one-element op),
+and the choice for CUDA is made once per device by timing a refresh's algebra as it really runs.
 
 The engine leaves every process-wide setting as the host set it (TF32, cuDNN autotuning, the default
 dtype); the one it touches, the CPU thread count around a small eigensolver, is restored at once.
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, Iterator
 
 import torch
@@ -21,41 +24,134 @@ import torch
 if TYPE_CHECKING:
     from .presets import Settings
 
-FP64_DEVICES = ("cpu", "cuda", "xpu")  # device types with float64 kernels (CUDA includes ROCm)
+log = logging.getLogger("nst_core")
+
+KNOWN_WITHOUT_FP64 = ("mps", "privateuseone")  # MPS and DirectML: no float64 kernels, nothing to probe
+
+
+def has_float64(device: "torch.device | str") -> bool:
+    """Whether ``device`` runs float64 kernels: a one-element op, tried once per device and remembered.
+
+    CUDA and ROCm have them; Intel Arc A-series XPUs do not ("Required aspect fp64 is not supported"),
+    and neither do MPS and DirectML.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return True
+    if device.type in KNOWN_WITHOUT_FP64:
+        return False
+    key = str(device)
+    if key not in _FLOAT64:
+        _FLOAT64[key] = _probe_float64(device)
+        if not _FLOAT64[key]:
+            log.info("nst: %s has no float64: the W2 algebra runs on the CPU, the reductions in float32", key)
+    return _FLOAT64[key]
+
+
+_FLOAT64: Dict[str, bool] = {}  # str(device) -> has float64 (filled by has_float64)
+
+
+def _probe_float64(device: torch.device) -> bool:
+    try:
+        return float((torch.ones(1, dtype=torch.float64, device=device) * 2).sum().cpu()) == 2.0
+    except Exception:  # RuntimeError (XPU), TypeError (MPS), NotImplementedError: no float64 there
+        return False
 
 
 def precise_dtype(device: torch.device) -> torch.dtype:
-    """float64 where ``device`` has it, else float32 (reductions there see no TF32: MPS and DirectML)."""
-    return torch.float64 if torch.device(device).type in FP64_DEVICES else torch.float32
+    """float64 where ``device`` has it, else float32 (reductions there see no TF32: MPS, DirectML, Arc)."""
+    return torch.float64 if has_float64(device) else torch.float32
 
 
 def algebra_device(device: "torch.device | str") -> torch.device:
     """Device for the float64 C×C algebra of features living on ``device``."""
+    return algebra_choice(device).device
+
+
+@dataclass(frozen=True)
+class AlgebraChoice:
+    """Where the float64 W2 algebra of features on a device runs, and why (timings in seconds)."""
+
+    device: torch.device
+    reason: str
+    timings: Dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """Where and why, for the log and ``--plan``: e.g. ``float64 on cpu (mps has no float64)``."""
+        return f"float64 on {self.device} ({self.reason})"
+
+
+def algebra_choice(device: "torch.device | str") -> AlgebraChoice:
+    """Where the algebra of features on ``device`` runs: there if it has fast float64, else on the CPU.
+
+    CUDA decides once per device by timing one refresh's algebra both ways (:func:`time_algebra`); the
+    choice is logged once.
+    """
     device = torch.device(device)
     if device.type == "cpu":
-        return device
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return torch.device("cuda", index) if _cuda_fp64_is_fast(index) else torch.device("cpu")
-    return torch.device("cpu")
+        return AlgebraChoice(device, "the features live there")
+    if not has_float64(device):
+        return AlgebraChoice(torch.device("cpu"), f"{device.type} has no float64")
+    if device.type != "cuda":
+        return AlgebraChoice(device, f"{device.type} has float64")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _cuda_choice(index)
 
 
 @functools.lru_cache(maxsize=None)
-def _cuda_fp64_is_fast(index: int) -> bool:
-    """Time one 512² float64 eigendecomposition on the GPU against the CPU (with the copies)."""
+def _cuda_choice(index: int) -> AlgebraChoice:
     dev = torch.device("cuda", index)
+    t = time_algebra(dev, lambda: torch.cuda.synchronize(dev))
+    gpu, cpu = t["reductions"] + t["eigh_device"], t["reductions"] + t["eigh_cpu"]
+    choice = AlgebraChoice(dev if gpu <= cpu else torch.device("cpu"),
+                           f"measured per W2 refresh of relu1_1…relu5_1 at 1024 px: {gpu * 1e3:.0f} ms with the "
+                           f"eigensolves on {dev}, {cpu * 1e3:.0f} ms on one CPU thread; both include "
+                           f"{t['reductions'] * 1e3:.0f} ms of float64 covariance reductions on {dev}", t)
+    log.info("nst: the W2 algebra of features on %s runs in %s", dev, choice.describe())
+    return choice
+
+
+# channels of relu1_1…relu5_1 and their positions at a 1024×1024 output: one W2 refresh's algebra
+REFRESH_LAYERS = ((64, 1024 * 1024), (128, 512 * 512), (256, 256 * 256), (512, 128 * 128), (512, 64 * 64))
+
+
+def time_algebra(device: torch.device, sync=lambda: None, rounds: int = 3) -> Dict[str, float]:
+    """Seconds of one W2 refresh's algebra as the engine runs it, for features on ``device``.
+
+    ``reductions``: the float64 covariance reductions that stay on ``device`` (C²·N multiply-adds per
+    layer: about 37 GFLOP at 1024²), timed on a slice and scaled by the flop count; ``eigh_device``: the
+    C×C eigensolves on ``device``; ``eigh_cpu``: the same on the CPU, single-threaded as
+    :func:`.statistics.eigh` runs them, with the copies both ways. ``sync`` waits for ``device``.
+    """
     gen = torch.Generator().manual_seed(0)
-    a = torch.randn(512, 512, dtype=torch.float64, generator=gen)
-    m = a @ a.T
+    sample = torch.randn(256, 1 << 14, dtype=torch.float64, generator=gen).to(device)
+    flops = sum(c * c * n for c, n in REFRESH_LAYERS)
 
-    def on_gpu() -> None:
-        torch.linalg.eigh(m.to(dev))
-        torch.cuda.synchronize(dev)
+    def reduce() -> None:
+        centred = sample - sample.mean(-1, keepdim=True)
+        centred @ centred.T
+        sync()
 
-    def on_cpu() -> None:
-        torch.linalg.eigh(m.to(dev).cpu())
+    mats = []
+    for c, _ in REFRESH_LAYERS:
+        a = torch.randn(c, c, dtype=torch.float64, generator=gen)
+        mats.append(a @ a.T + c * torch.eye(c, dtype=torch.float64))
+    on_device = [m.to(device) for m in mats]
 
-    return _best_of(on_gpu) <= _best_of(on_cpu)
+    def eigh_device() -> None:
+        for m in on_device:
+            torch.linalg.eigh(m)
+        sync()
+
+    def eigh_cpu() -> None:
+        for m in on_device:
+            with one_thread(torch.device("cpu")):
+                vals, vecs = torch.linalg.eigh(m.cpu())
+            vecs.to(device)
+        sync()
+
+    return {"reductions": _best_of(reduce, rounds) * flops / (256 * 256 * (1 << 14)),
+            "eigh_device": _best_of(eigh_device, rounds), "eigh_cpu": _best_of(eigh_cpu, rounds)}
 
 
 def _best_of(fn, rounds: int = 3) -> float:

@@ -203,3 +203,13 @@ def pack(request):
 def nodes(pack):
     """One instance of each node class of the pack."""
     return {k: v() for k, v in pack.NODE_CLASS_MAPPINGS.items()}
+
+
+@pytest.fixture
+def several_threads():
+    """Two intra-op threads for the test (this file sets one for the suite): a check that the engine
+    restores the thread count then sees a change, where with one thread a lost restore would hide."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield 2
+    torch.set_num_threads(before)

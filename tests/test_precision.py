@@ -43,6 +43,64 @@ def test_the_algebra_runs_in_float64_on_a_device_that_has_it():
     assert precision.algebra_device(torch.device("privateuseone")).type == "cpu"  # DirectML neither
 
 
+def test_a_device_without_float64_is_probed_once_and_falls_back_to_the_cpu_algebra(monkeypatch):
+    """Intel Arc A-series XPUs have no float64: a stand-in probe says so; the MPS path is taken."""
+    calls = []
+
+    def probe(device):
+        calls.append(str(device))
+        return device.type != "xpu"
+
+    monkeypatch.setattr(precision, "_probe_float64", probe)
+    monkeypatch.setattr(precision, "_FLOAT64", {})
+    xpu = torch.device("xpu")
+    for _ in range(3):
+        assert precision.precise_dtype(xpu) == torch.float32  # reductions on the device in fp32
+        assert precision.algebra_device(xpu).type == "cpu"  # the C×C algebra in float64 on the CPU
+    assert calls == ["xpu"]  # probed once, remembered
+    assert "xpu has no float64" in precision.algebra_choice(xpu).describe()
+    fast = torch.device("xpu", 1)  # another device with float64 keeps it
+    monkeypatch.setattr(precision, "_probe_float64", lambda device: True)
+    assert precision.precise_dtype(fast) == torch.float64 and precision.algebra_device(fast) == fast
+
+
+def test_the_float64_probe_is_a_one_element_op_that_fails_where_float64_does():
+    assert precision._probe_float64(torch.device("cpu")) is True
+    assert precision._probe_float64(torch.device("meta")) is False  # no values to read back: a failure
+
+
+def test_the_algebra_is_timed_as_it_runs_single_threaded_eigh_on_the_cpu(monkeypatch, several_threads):
+    """The CUDA probe's timing, run with the CPU standing in for the GPU: the CPU eigensolves run on one
+    thread (as statistics.eigh runs them), the device's with the host's threads, and the float64
+    reductions are timed too."""
+    seen = []
+    real = torch.linalg.eigh
+
+    def eigh(m, *a, **k):
+        seen.append(torch.get_num_threads())
+        return real(m, *a, **k)
+
+    monkeypatch.setattr(torch.linalg, "eigh", eigh)
+    t = precision.time_algebra(torch.device("cpu"), rounds=1)
+    assert set(t) == {"reductions", "eigh_device", "eigh_cpu"} and all(v > 0 for v in t.values())
+    layers = len(precision.REFRESH_LAYERS)
+    assert seen.count(1) == 2 * layers and seen.count(several_threads) == 2 * layers  # warm-up + 1 round each
+    assert torch.get_num_threads() == several_threads
+
+
+@pytest.mark.parametrize("gpu_ms, cpu_ms, where", [(5, 40, "cuda"), (60, 40, "cpu")])
+def test_the_cuda_choice_follows_the_timings_reductions_included_and_is_logged_once(monkeypatch, caplog, gpu_ms,
+                                                                                     cpu_ms, where):
+    times = {"reductions": 0.030, "eigh_device": gpu_ms / 1e3, "eigh_cpu": cpu_ms / 1e3}
+    monkeypatch.setattr(precision, "time_algebra", lambda device, sync=None, rounds=3: times)
+    with caplog.at_level("INFO", logger="nst_core"):
+        choice = precision._cuda_choice.__wrapped__(0)
+    assert choice.device.type == where
+    assert "30 ms of float64 covariance reductions" in choice.reason and choice.timings == times
+    assert [r.getMessage() for r in caplog.records if "W2 algebra" in r.getMessage()] == [
+        f"nst: the W2 algebra of features on cuda:0 runs in {choice.describe()}"]
+
+
 def test_no_autocast_context_is_entered_when_bf16_is_off():
     assert type(precision.autocast(torch.device("cpu"), False)).__name__ == "nullcontext"
 
@@ -50,12 +108,12 @@ def test_no_autocast_context_is_entered_when_bf16_is_off():
 # --------------------------------------------------------------------------- no process-wide side effects
 
 
-def test_a_run_and_a_cancelled_run_leave_every_global_as_they_found_it(rand_ext, images):
+def test_a_run_and_a_cancelled_run_leave_every_global_as_they_found_it(rand_ext, images, several_threads):
     content = ContentTarget.create(rand_ext, images.gradient(32, 32), "relu2_1")
     style = StyleTarget.create(rand_ext, images.checkerboard(32, 32), ["relu1_1", "relu2_1"])
     before = precision.global_state()
     optimize(rand_ext, content, style, settings=nst_core.Settings(steps=3, min_size=24, transport_every=2))
-    assert precision.global_state() == before
+    assert precision.global_state() == before and before["num_threads"] == several_threads
     with pytest.raises(Cancelled):
         optimize(rand_ext, content, style, settings=nst_core.Settings(steps=5, min_size=24),
                  cancel=lambda: True)

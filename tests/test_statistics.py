@@ -114,11 +114,10 @@ def test_sqrtm_psd():
     assert torch.allclose(r, r.T)
 
 
-def test_eigh_matches_torch_and_restores_the_thread_count():
+def test_eigh_matches_torch_and_restores_the_thread_count(several_threads):
     m = spd(6, seed=1)
-    before = torch.get_num_threads()
     vals, vecs = st.eigh(m)
-    assert torch.get_num_threads() == before
+    assert torch.get_num_threads() == several_threads  # (the suite's 1 thread would hide a lost restore)
     assert torch.allclose(vals, torch.linalg.eigvalsh(m))
     assert torch.allclose((vecs * vals) @ vecs.T, m, atol=1e-10)
 
