@@ -53,9 +53,9 @@ def _common(p: argparse.ArgumentParser, default_init: str) -> None:
 
 
 def _tile_arg(text: str) -> "str | int":
-    """``--tile``: ``auto``, ``off`` (0) or a tile size in px (at least 16)."""
+    """``--tile``: ``auto``, ``off`` or a tile size in px (at least 16), as ``Settings.tile`` takes them."""
     if text in ("auto", "off"):
-        return 0 if text == "off" else text
+        return text
     if not text.isdigit() or int(text) < 16:
         raise argparse.ArgumentTypeError(f"must be 'auto', 'off' or a tile size in px (at least 16); got {text!r}")
     return int(text)
@@ -74,7 +74,8 @@ def _tile(args: argparse.Namespace, device: torch.device, hw, layers: List[str],
         return args.tile
     preset = get_preset(getattr(args, "preset", None) or "seed")
     settings = preset.settings.replace(optimizer=args.optimizer, checkpoint=args.checkpoint or None)
-    return auto_tile(tuple(hw), layers, settings, device, 1, args.arch, statistic or preset.statistic, style_layers)
+    return auto_tile(tuple(hw), layers, settings, device, 1, args.arch, statistic or preset.statistic,
+                     style_layers) or "off"
 
 
 def _style_layer_weights(p: argparse.ArgumentParser) -> None:

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 from .extractor import Extractor
 from .image import as_rgb_batch, fit_long_edge, resize
-from .memory import lbfgs_history
+from .memory import check_tile_setting, device_free_bytes, fit_settings, is_auto_tile, lbfgs_history
 from .objective import ExtraLossFn, make_objective
-from .presets import INITS, OPTIMIZERS, Settings
+from .presets import INITS, OPTIMIZERS, TILE_OFF, Settings
 from .targets import ContentTarget, StyleTarget
 
 
@@ -173,6 +173,7 @@ def validate_settings(settings: Settings) -> None:
         raise ValueError(f"lr_decay must be in (0, 1] (a factor per larger scale); got {settings.lr_decay}")
     if not (0 <= settings.ema_decay < 1):
         raise ValueError(f"ema_decay must be in [0, 1); got {settings.ema_decay}")
+    check_tile_setting(settings.tile)
 
 
 def check_compile(settings: Settings, device: torch.device) -> None:
@@ -210,6 +211,24 @@ def _initial_image(init: Init, content: Optional[ContentTarget], batch: int, hw:
     if init == "gray":
         return (0.5 + 0.05 * torch.randn((batch, 3, *hw), generator=gen)).clamp(0, 1).to(device)
     raise ValueError(f"init {init!r} is not supported; choose one of {list(INITS)} or pass an image tensor")
+
+
+def run_statistic(regions: Sequence[StyleTarget]) -> str:
+    """The statistic the memory model counts for a run's regions (W2 if any region uses it)."""
+    stats = {t.statistic for t in regions}
+    return "moments" if "moments" in stats else (stats.pop() if stats else "gram")
+
+
+def resolve_tile(settings: Settings, extractor: Extractor, hw: Tuple[int, int], content: Optional[ContentTarget],
+                 regions: Tuple[StyleTarget, ...], batch: int) -> Settings:
+    """The settings a run uses: an automatic tile planned for what the device has free now
+    (:func:`.memory.fit_settings`), and the tile as the objective reads it (0: the whole image)."""
+    if is_auto_tile(settings.tile):
+        layers = [n for t in regions for n in t.layers] + ([content.layer] if content is not None else [])
+        style = [n for t in regions for n in t.layers]
+        settings = fit_settings(hw, layers, settings, device_free_bytes(extractor.device), batch, extractor.arch,
+                                run_statistic(regions), style, extractor.device)
+    return settings.replace(tile=0) if settings.tile == TILE_OFF else settings
 
 
 def carry_adam_state(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
@@ -268,6 +287,7 @@ def optimize(
     sizes = pyramid_sizes(final_hw, smallest_scale(settings, final_hw), min_edge)
     plan = steps_per_scale(settings, len(sizes))
     check_compile(settings, extractor.device)
+    settings = resolve_tile(settings, extractor, final_hw, content, regions, batch)
     run = _Run(extractor, settings, content, regions, progress, preview, cancel, sum(plan), extra_loss)
     with torch.inference_mode(False), torch.enable_grad():
         x = None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 OPTIMIZERS = ("adam", "lbfgs")
 INITS = ("content", "noise", "gray")
 DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+TILE_AUTO, TILE_OFF = "auto", "off"  # Settings.tile's words (0 is TILE_AUTO too, as on the node)
+MIN_TILE = 16  # px: the smallest tile size a user may set
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,10 @@ class Settings:
     max_size: int = 4096  # refuse outputs whose long edge is larger (memory and time grow with its square)
     channels_last: bool = True  # NHWC network on CPU and CUDA (measured faster on the CPU; see BENCHMARKS.md)
     autocast_bf16: Optional[bool] = None  # network in bf16; None: on CPUs with native bf16 only. Losses stay fp32
-    tile: int = 0  # run the scales whose long edge is above this many px in tiles (0: never; see tiles.py)
+    # tiles (tiles.py): "auto" or 0 (the default): only when the whole image would not fit in the usable
+    # free memory (memory.fit_settings: checkpointing first, then the largest tile that fits); "off":
+    # never; N px (≥ 16): the scales whose long edge is above N run in tiles of N px
+    tile: Union[int, str] = 0
     checkpoint: bool = False  # recompute each VGG block in the backward pass: less memory, ~1 more forward
     compile: bool = False  # torch.compile the network pieces (compiled once per size; pays off on long runs)
 

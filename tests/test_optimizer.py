@@ -526,3 +526,36 @@ def test_adams_state_carried_up_the_pyramid_keeps_the_step_size(rand_ext, images
     monkeypatch.setattr(module, "carry_adam_state", unscaled)
     _, old = _adam_step_sizes(monkeypatch, rand_ext, c, s, settings)
     assert kept > 1.3 * (old[-1] / old[0]), (late, old)
+
+
+# --------------------------------------------------------------------------- Settings.tile: one meaning
+
+
+def test_tile_0_means_automatic_as_on_the_node_and_off_means_never(rand_ext, images, monkeypatch):
+    """``Settings.tile = 0`` (the default) is "auto", as the node's tile = 0 and the command's --tile auto:
+    the planner tiles when the whole image would not fit; "off" never tiles; a size is kept."""
+    from nst_core import optimizer
+
+    c = ContentTarget.create(rand_ext, images.gradient(48, 64), "relu4_2")
+    s = StyleTarget.create(rand_ext, images.checkerboard(64, 64))
+    monkeypatch.setattr(optimizer, "device_free_bytes", lambda device: 4 * 2**30)
+    big = (2048, 2048)  # planned, not run
+    for auto in (0, "auto"):
+        planned = optimizer.resolve_tile(Settings(tile=auto), rand_ext, big, c, (s,), 1)
+        assert 128 <= planned.tile < 2048, planned.tile  # tiles: the whole image needs about 11 GiB
+        assert optimizer.resolve_tile(Settings(tile=auto), rand_ext, (48, 64), c, (s,), 1).tile == 0  # whole
+    assert optimizer.resolve_tile(Settings(tile="off"), rand_ext, big, c, (s,), 1).tile == 0  # never
+    assert optimizer.resolve_tile(Settings(tile=512), rand_ext, big, c, (s,), 1).tile == 512  # as set
+    # a run with too little memory for even the smallest tiles is refused before any work, with "off" it runs
+    monkeypatch.setattr(optimizer, "device_free_bytes", lambda device: 2**20)
+    with pytest.raises(ValueError, match="needs about .* GiB"):
+        optimize(rand_ext, c, s, settings=Settings(steps=1, min_size=64))
+    assert optimize(rand_ext, c, s, settings=Settings(steps=1, min_size=64, tile="off")).shape == (1, 3, 48, 64)
+
+
+@pytest.mark.parametrize("tile", [8, -1, "sometimes", 1.5, True])
+def test_a_bad_tile_setting_says_what_is_accepted(rand_ext, images, tile):
+    c = ContentTarget.create(rand_ext, images.gradient(48, 64), "relu4_2")
+    with pytest.raises(ValueError, match=r"tile must be 'auto' \(or 0.*'off' \(never\) or a tile size of at least "
+                                         r"16 px"):
+        optimize(rand_ext, c, None, settings=Settings(steps=1, tile=tile))

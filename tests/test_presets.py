@@ -37,7 +37,7 @@ def test_presets_are_consistent(name):
     parse_layers([p.content_layer])
     assert p.statistic in STATISTICS
     assert p.settings.optimizer in OPTIMIZERS
-    assert p.settings.tile == 0 and p.settings.autocast_bf16 is None  # tiles off, bf16 by capability
+    assert p.settings.tile == 0 and p.settings.autocast_bf16 is None  # tiles when needed, bf16 by capability
     if p.style_layer_weights is not None:
         assert len(p.style_layer_weights) == len(p.style_layers)
         assert all(w >= 0 for w in p.style_layer_weights)
