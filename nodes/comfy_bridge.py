@@ -6,10 +6,13 @@ exercised by unit tests without a server.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import List, Optional
 
 import torch
+
+from ..nst_core.memory import is_out_of_memory
 
 try:  # inside ComfyUI
     import comfy.model_management as _mm
@@ -85,14 +88,12 @@ def empty_cache() -> None:
 
 
 def is_oom(exc: BaseException) -> bool:
-    """True for an out-of-memory error of any backend (CUDA/ROCm, MPS, DirectML, XPU) or of ComfyUI's type."""
-    types = [torch.cuda.OutOfMemoryError]
+    """True for an out-of-memory error of any backend (``nst_core.memory.is_out_of_memory``: CUDA/ROCm, MPS,
+    XPU, DirectML, the CPU allocator) or of ComfyUI's own type."""
     oom = getattr(_mm, "OOM_EXCEPTION", None) if _mm is not None else None
-    if isinstance(oom, type) and oom is not Exception:
-        types.append(oom)
-    if isinstance(exc, tuple(types)):
+    if isinstance(oom, type) and oom is not Exception and isinstance(exc, oom):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    return is_out_of_memory(exc)
 
 
 def oom_exception(message: str) -> BaseException:
@@ -108,6 +109,35 @@ def check_interrupt() -> bool:
     if _mm is not None:
         _mm.throw_exception_if_processing_interrupted()
     return False
+
+
+log = logging.getLogger("nst")
+
+
+def say(text: str) -> bool:
+    """Put ``text`` in ComfyUI's log, and on the running node as a progress text where this ComfyUI has
+    ``PromptServer.send_progress_text`` (2025 on); older servers (2024-03) show the log line alone.
+
+    Returns whether the node got the text.
+    """
+    log.info("nst: %s", text)
+    if _mm is None:
+        return False
+    try:
+        from comfy_execution.utils import get_executing_context  # (absent in 2024-03)
+        from server import PromptServer
+    except ImportError:
+        return False
+    send = getattr(getattr(PromptServer, "instance", None), "send_progress_text", None)
+    context = get_executing_context()
+    if send is None or context is None:
+        return False
+    try:
+        send(text, context.node_id)
+    except Exception:  # a text on the node is a courtesy: the log has it, the run goes on
+        log.debug("nst: the progress text could not be sent", exc_info=True)
+        return False
+    return True
 
 
 class ProgressBar:

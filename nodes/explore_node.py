@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..nst_core.explore import DEFAULT_STEPS, explore
+from ..nst_core.explore import DEFAULT_STEPS, explore, peak_bytes
 from ..nst_core.image import to_pil
+from ..nst_core.memory import required_bytes
 from . import comfy_bridge as bridge
 from .common import CATEGORY, EXTRACTOR
 from .convert import check_extractor, extractor_on, image_to_nst, nst_to_image, oom_advice
@@ -50,6 +51,9 @@ class LayerExplorerNode:
         content_img = image_to_nst(content, "content")
         style_img = image_to_nst(style, "style") if style is not None else None
         device = bridge.compute_device()
+        need = peak_bytes(tuple(content_img.shape[-2:]), int(cell_size), int(steps), with_style=style_img is not None,
+                          arch=extractor.arch, device=device)
+        bridge.make_room(required_bytes(need), device)  # ComfyUI offloads its models until the largest cell fits
         progress = bridge.ProgressBar(1)
         step = [0]
 

@@ -6,16 +6,16 @@ from typing import Optional
 
 from ..nst_core.color import COLOR_MODES, color_init, color_preview, color_targets, finish_colors
 from ..nst_core.image import to_pil
-from ..nst_core.memory import DoesNotFit, choose_tile, estimate_bytes, plan_memory, required_bytes, tiled_bytes
-from ..nst_core.optimizer import check_max_size, optimize, output_size, style_regions, validate_settings
-from ..nst_core.presets import DEFAULT_PRESET, INITS, PRESETS, settings_for
+from ..nst_core.memory import estimate_bytes, is_auto_tile, required_bytes
+from ..nst_core.optimizer import check_max_size, optimize, output_size, run_statistic, style_regions, validate_settings
+from ..nst_core.plan import Plan, make_plan, says_time, timed
+from ..nst_core.presets import DEFAULT_PRESET, INITS, PRESETS, TILE_AUTO, settings_for
 from . import comfy_bridge as bridge
 from .common import CATEGORY, CONTENT_TARGET, EXTRACTOR, STYLE_TARGET
 from .convert import check_extractor, extractor_on, image_to_nst, nst_to_image, oom_advice
 
 AUTO = "auto"
 MAX_SIZE = 4096
-MIN_AUTO_TILE = 128  # automatic tiles are at least this large (px)
 
 
 def schedule_tooltip() -> str:
@@ -117,7 +117,7 @@ class StyleTransferOptimizeNode:
             style_weight=base.style_weight * style_weight,
             tv_weight=base.tv_weight * tv_weight,
             seed=init_seed,
-            tile=int(tile),
+            tile=int(tile) or TILE_AUTO,  # the widget's 0 is Settings' "auto" (0 means that there too)
         )
         settings = settings.replace(preview_every=max(1, min(20, settings.steps // 5)))
         validate_settings(settings)
@@ -125,7 +125,8 @@ class StyleTransferOptimizeNode:
             "noise" if init == AUTO and content_target is None else ("content" if init == AUTO else init))
         start = color_init(colors, start)
         device = bridge.compute_device()
-        settings = self.fit_memory(extractor, settings, content_target, regions, start, size, device)
+        plan = self.plan_run(extractor, settings, content_target, regions, start, size, device)
+        settings = plan.settings
         progress = bridge.ProgressBar(1)
 
         def on_progress(info):  # reads no losses: the bar shows none, and reading them syncs the device
@@ -139,13 +140,20 @@ class StyleTransferOptimizeNode:
         advice = (f"out of memory at size {size or 'native'} on {device}; lower 'size' (time and memory grow "
                   "with its square), or run ComfyUI with --cpu")
         with oom_advice(advice), extractor_on(extractor, device) as ext:
+            if plan.is_large:  # say the plan and a rough time before a long run
+                if says_time(plan):
+                    plan = timed(plan, lambda size=None, progress=None, preview=None, **over: optimize(
+                        ext, content_target, regions, start, settings.replace(**over), size, progress, None,
+                        bridge.check_interrupt))
+                bridge.say(plan.summary())
             out = optimize(ext, content_target, regions, start, settings, size or None,
                            on_progress, color_preview(colors, on_preview, content_image), bridge.check_interrupt)
         return (nst_to_image(finish_colors(colors, out, content_image)),)
 
     @staticmethod
-    def fit_memory(extractor, settings, content, regions, start, size: int, device):
-        """Ask ComfyUI for the run's memory; switch on checkpointing, then tiles, or refuse with a size that fits.
+    def plan_run(extractor, settings, content, regions, start, size: int, device) -> Plan:
+        """Ask ComfyUI for the run's memory, then plan it (``nst_core.memory.fit_settings``): the whole image,
+        checkpointing, then tiles, or a refusal with a size that fits, in the usable share of what is free.
 
         A ``tile`` set on the node is kept, and ComfyUI is asked for what that tiled run needs.
         """
@@ -154,19 +162,15 @@ class StyleTransferOptimizeNode:
         layers = [n for t in regions for n in t.layers] + ([content.layer] if content is not None else [])
         style_layers = [n for t in regions for n in t.layers]
         batch = content.image.shape[0] if content is not None else 1
-        statistic = regions[0].statistic if regions else "gram"
-        model = (batch, extractor.arch, statistic, style_layers)
-        if settings.tile:
-            bridge.make_room(required_bytes(tiled_bytes(hw, settings.tile, layers, settings, *model)), device)
-            return settings
-        need = required_bytes(estimate_bytes(hw, layers, settings, *model))
-        bridge.make_room(need, device)
-        free: Optional[int] = bridge.free_bytes(device)
-        if free is None:
-            return settings
-        try:
-            return plan_memory(hw, layers, settings, free, *model)
-        except DoesNotFit:
-            if max(hw) <= MIN_AUTO_TILE:  # smaller tiles would cost more in halos than they save
-                raise
-            return settings.replace(tile=choose_tile(hw, layers, settings, free, *model, min_tile=MIN_AUTO_TILE))
+        model = (batch, extractor.arch, run_statistic(regions), style_layers)
+        if not is_auto_tile(settings.tile):
+            plan = make_plan(hw, layers, settings, device, *model, free_bytes=None)
+            bridge.make_room(required_bytes(plan.estimate), device)
+            return plan
+        bridge.make_room(required_bytes(estimate_bytes(hw, layers, settings, *model, device=device)), device)
+        return make_plan(hw, layers, settings, device, *model, free_bytes=bridge.free_bytes(device))
+
+    @classmethod
+    def fit_memory(cls, extractor, settings, content, regions, start, size: int, device):
+        """The settings :meth:`plan_run` plans (tile ``"off"``: the whole image; or a size in px)."""
+        return cls.plan_run(extractor, settings, content, regions, start, size, device).settings

@@ -13,14 +13,15 @@ import torch
 from .extractor import PADDINGS, POOLINGS, load_extractor
 from .image import load_image, load_mask, save_image
 from .optimizer import Cancelled, Progress
-from .memory import auto_tile
-from .presets import DEFAULT_PRESET, INITS, OPTIMIZERS, PRESETS, get_preset
+from .memory import is_out_of_memory
+from .presets import DEFAULT_PRESET, INITS, MIN_TILE, OPTIMIZERS, PRESETS, TILE_AUTO, TILE_OFF, get_preset
 from .cli_args import Parser, nonneg_float, pick_device, positive_int, style_layers_and_weights
 from .cli_checks import DEFAULT_MAX_SIZE, check_command
+from .cli_plan import add_plan_option, planned
 from .cli_threads import add_threads_option, resolve_threads, torch_threads
 from .color import COLOR_MODES
 from .statistics import STATISTICS
-from .recipes import reconstruct, texture, transfer
+from .recipes import preset_settings, reconstruct, reconstruct_settings, texture, transfer
 
 
 def _common(p: argparse.ArgumentParser, default_init: str) -> None:
@@ -50,14 +51,16 @@ def _common(p: argparse.ArgumentParser, default_init: str) -> None:
                         "bf16 (AMX, AVX-512 BF16), fp32 elsewhere. Losses and the W2 algebra stay exact")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads_option(p)
+    add_plan_option(p)
 
 
 def _tile_arg(text: str) -> "str | int":
     """``--tile``: ``auto``, ``off`` or a tile size in px (at least 16), as ``Settings.tile`` takes them."""
-    if text in ("auto", "off"):
+    if text in (TILE_AUTO, TILE_OFF):
         return text
-    if not text.isdigit() or int(text) < 16:
-        raise argparse.ArgumentTypeError(f"must be 'auto', 'off' or a tile size in px (at least 16); got {text!r}")
+    if not text.isdigit() or int(text) < MIN_TILE:
+        raise argparse.ArgumentTypeError(f"must be 'auto', 'off' or a tile size in px (at least {MIN_TILE}); "
+                                         f"got {text!r}")
     return int(text)
 
 
@@ -65,17 +68,6 @@ def _tile_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=_tile_arg, default="auto", metavar="auto|off|PX",
                    help="evaluate scales larger than PX in PX-px tiles (peak memory follows the tile, not the "
                         "image); auto (default): tiles only when the whole image would not fit in free memory")
-
-
-def _tile(args: argparse.Namespace, device: torch.device, hw, layers: List[str], statistic: Optional[str],
-          style_layers: List[str]) -> int:
-    """The tile size ``--tile`` means for an output of ``hw`` px (``auto``: from the free memory)."""
-    if args.tile != "auto":
-        return args.tile
-    preset = get_preset(getattr(args, "preset", None) or "seed")
-    settings = preset.settings.replace(optimizer=args.optimizer, checkpoint=args.checkpoint or None)
-    return auto_tile(tuple(hw), layers, settings, device, 1, args.arch, statistic or preset.statistic,
-                     style_layers) or "off"
 
 
 def _style_layer_weights(p: argparse.ArgumentParser) -> None:
@@ -189,53 +181,63 @@ def run(args: argparse.Namespace) -> None:
         return run_explore(args)
     device = pick_device(args.device)
     layers, weights = style_layers_and_weights(args) if args.command != "reconstruct" else (None, None)
-    # the images are read first: a damaged one is refused before the network is loaded
-    network = functools.partial(load_extractor, args.arch, args.weights, args.pooling, args.edge_padding,
-                                device=device)
+    # the images are read first: a damaged one is refused before the network is loaded (once: the
+    # plan's timed pass and the run share it)
+    network = functools.lru_cache(maxsize=1)(functools.partial(load_extractor, args.arch, args.weights, args.pooling,
+                                                               args.edge_padding, device=device))
     rep = _Reporter(args.quiet, args.save_every, args.output)
     settings = dict(steps=args.steps, optimizer=args.optimizer, tv_weight=args.tv_weight, seed=args.seed,
                     preview_every=args.save_every or 0, checkpoint=args.checkpoint or None,
                     compile=args.compile or None, autocast_bf16=args.bf16, max_size=args.max_size)
     callbacks = dict(progress=rep.progress, preview=rep.preview if args.save_every else None)
     init = _init_arg(args.init, args.size)
+    settings["tile"] = args.tile
     try:
         if args.command == "transfer":
             content = load_image(args.content, args.size)
             styles = [load_image(s) for s in args.styles]
-            settings["tile"] = _tile(args, device, content.shape[-2:], layers + [args.content_layer or
-                                     get_preset(args.preset).content_layer], args.statistic, layers)
             masks = [load_mask(m) for m in args.style_mask] if args.style_mask else None
             cmask = load_mask(args.content_mask) if args.content_mask else None
-            out = transfer(network(), content, styles, args.preset, None, args.content_layer, layers, weights,
-                           args.statistic, args.style_blend, args.style_scale, init,
-                           content_weight=args.content_weight, style_weight=args.style_weight,
-                           colors=args.colors, style_masks=masks, content_mask=cmask,
-                           content_mask_strength=args.content_mask_strength, **callbacks, **settings)
+            preset = get_preset(args.preset)
+            statistic = args.statistic or preset.statistic
+
+            def go(size=None, **over):
+                return transfer(network(), content, styles, args.preset, size, args.content_layer, layers,
+                                weights, args.statistic, args.style_blend, args.style_scale, init,
+                                content_weight=args.content_weight, style_weight=args.style_weight,
+                                colors=args.colors, style_masks=masks, content_mask=cmask,
+                                content_mask_strength=args.content_mask_strength,
+                                **{**callbacks, **settings, **over})
+
+            job = (content.shape[-2:], layers + [args.content_layer or preset.content_layer], statistic, layers,
+                   preset_settings(preset, statistic, **settings))
         elif args.command == "reconstruct":
             content = load_image(args.content, args.size)
-            settings["tile"] = _tile(args, device, content.shape[-2:], [args.layer], "gram", [])
-            out = reconstruct(network(), content, args.layer, None, args.steps or 300, init, **callbacks,
-                              **{k: v for k, v in settings.items() if k != "steps"})
+            steps, rest = args.steps or 300, {k: v for k, v in settings.items() if k != "steps"}
+
+            def go(size=None, steps=steps, **over):
+                return reconstruct(network(), content, args.layer, size, steps, init,
+                                   **{**callbacks, **rest, **over})
+
+            job = (content.shape[-2:], [args.layer], "gram", [], reconstruct_settings(steps, **rest))
         else:
             styles = [load_image(s) for s in args.styles]
-            settings["tile"] = _tile(args, device, (args.size, args.size), layers, args.statistic, layers)
-            out = texture(network(), styles, args.preset, args.size, style_layers=layers,
-                          style_layer_weights=weights, statistic=args.statistic, style_blend=args.style_blend,
-                          style_scale=args.style_scale, init=init, **callbacks, **settings)
+            statistic = args.statistic or get_preset(args.preset).statistic
+
+            def go(size=args.size, **over):
+                return texture(network(), styles, args.preset, size, style_layers=layers,
+                               style_layer_weights=weights, statistic=args.statistic, style_blend=args.style_blend,
+                               style_scale=args.style_scale, init=init, **{**callbacks, **settings, **over})
+
+            job = ((args.size, args.size), layers, statistic, layers,
+                   preset_settings(args.preset, statistic, **settings))
+        chosen = planned(args, device, *job, go)
+        if chosen is None:  # --plan: said, nothing run or written
+            return
+        out = go(**chosen)
     finally:
         rep.close()
     save_image(out[:1], args.output)
-
-
-# substrings of out-of-memory messages: CUDA/ROCm/MPS/XPU ("out of memory"), the CPU allocator, DirectML
-OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "not enough gpu video memory")
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` means that a backend ran out of memory (whatever the backend's exception type)."""
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in OOM_MESSAGES)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -288,7 +290,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (RuntimeError, NotImplementedError, MemoryError) as exc:  # torch / CUDA / MPS / DirectML / …
         print(f"nst: error: {backend_error_message(exc, args)}", file=sys.stderr)
         return 3 if is_out_of_memory(exc) else 1
-    print(args.output)
+    if not getattr(args, "plan", False):
+        print(args.output)
     return 0
 
 

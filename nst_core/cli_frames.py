@@ -29,6 +29,7 @@ from .statistics import STATISTICS
 from .image import load_image
 from .video import IMAGE_EXTENSIONS, is_video_path, list_images, open_frames, to_u8, write_video
 from .cli_args import nonneg_float, pick_device, positive_int, style_layers_and_weights
+from .cli_plan import planned_job
 
 DEFAULT_CHUNK = 12  # frames per Ray task
 DEFAULT_LEAD_IN = 2  # frames each Ray task runs before its chunk, outputs dropped
@@ -177,6 +178,9 @@ def run_frames(args: argparse.Namespace) -> None:
         raise ValueError(f"--lead-in must be ≥ 0 frames; got {args.lead_in}")
     source = open_frames(args.input, args.fps)
     spec = spec_from_args(args)
+    stop, engine = planned_job(args, spec, next(iter(source.frames(args.size))), source.count)
+    if stop:  # --plan: said, nothing written
+        return
     out = FrameFolder(_work_folder(args.output))
     recipe = {"input": os.path.basename(os.path.normpath(args.input)), "frames": source.count, **spec.describe(),
               "spec": spec.key()}
@@ -199,7 +203,8 @@ def run_frames(args: argparse.Namespace) -> None:
 
                 try:
                     lead_in = (DEFAULT_LEAD_IN if args.lead_in is None else args.lead_in) if args.chunk_size else 0
-                    run_frames_local(spec, frames, source.count, out, args.chunk_size, lead_in, on_progress, cancel)
+                    run_frames_local(engine or spec, frames, source.count, out, args.chunk_size, lead_in,
+                                     on_progress, cancel)
                 except Cancelled:
                     bar.close()
                     done = sum(out.has(i) for i in range(source.count))
@@ -225,6 +230,9 @@ def run_transfer_folder(args: argparse.Namespace) -> None:
     if os.path.splitext(args.output)[1].lower() in IMAGE_EXTENSIONS:
         raise ValueError(f"-o {args.output!r} names an image; with a folder or --ray, -o is an output folder")
     spec = spec_from_args(args)
+    stop, engine = planned_job(args, spec, load_still(files[0], spec.size), len(files))
+    if stop:  # --plan: said, nothing written
+        return
     bar = _Bar(args.quiet, "image")
     try:
         if args.ray:
@@ -236,7 +244,7 @@ def run_transfer_folder(args: argparse.Namespace) -> None:
 
         pick_device(args.device)
         todo = [f for f in files if not os.path.isfile(still_output(args.output, f))]
-        engine = build_engine(spec) if todo else None
+        engine = (engine or build_engine(spec)) if todo else None
         with ctrl_c_cancels() as cancel:
             for k, path in enumerate(todo):
                 try:

@@ -18,7 +18,8 @@ from .extractor import Extractor
 from .image import as_rgb_batch, fit_long_edge, to_pil
 from .layers import parse_layers
 from .optimizer import CancelFn, Progress
-from .recipes import reconstruct, texture
+from .memory import estimate_bytes
+from .recipes import preset_settings, reconstruct, reconstruct_settings, texture
 
 CONTENT_LAYERS = ("relu1_2", "relu2_2", "relu3_2", "relu4_2", "relu5_2")
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
@@ -135,6 +136,21 @@ def compose_grid(cells: Sequence[Tuple[int, int, str, Tuple[int, int], Optional[
             canvas.paste(pil, (ix, iy))
     t = torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1).float() / 255
     return t.unsqueeze(0)
+
+
+def peak_bytes(content_hw: Tuple[int, int], cell: int = 128, steps: int = DEFAULT_STEPS,
+               layers: Sequence[str] = CONTENT_LAYERS, style_layers: Sequence[str] = STYLE_LAYERS,
+               with_style: bool = True, arch: str = "vgg19", device: "torch.device | str | None" = None) -> int:
+    """The memory model's peak (:func:`.memory.estimate_bytes`) of the explorer's largest cell: the cells
+    run one after another, so the grid needs what its largest cell needs."""
+    hw = fit_long_edge(content_hw, cell)
+    rebuild = reconstruct_settings(steps)
+    peaks = [estimate_bytes(hw, [n], rebuild, arch=arch, statistic="gram", style_layers=[], device=device)
+             for n in layers]
+    if with_style and style_layers:  # the last texture uses every style layer
+        textures = preset_settings("quality", steps=steps, min_size=cell)
+        peaks.append(estimate_bytes((cell, cell), list(style_layers), textures, arch=arch, device=device))
+    return max(peaks)
 
 
 def check_grid(cell: int, steps: int) -> None:

@@ -11,8 +11,20 @@ from .extractor import Extractor
 from .image import as_rgb_batch, fit_long_edge, resize_long_edge
 from .layers import parse_layers
 from .optimizer import Init, PreviewFn, ProgressFn, CancelFn, check_max_size, check_size, optimize, validate_settings
-from .presets import DEFAULT_PRESET, get_preset, settings_for
+from .presets import DEFAULT_PRESET, Preset, Settings, get_preset, settings_for
 from .targets import ContentTarget, StyleTarget
+
+
+def preset_settings(preset: "Preset | str", statistic: Optional[str] = None, **settings: Any) -> Settings:
+    """The settings :func:`transfer` and :func:`texture` run with: the preset's, with the loss weights of
+    ``statistic``, and ``settings`` overriding (None values are ignored)."""
+    return settings_for(preset, statistic).replace(**settings)
+
+
+def reconstruct_settings(steps: int = 300, **settings: Any) -> Settings:
+    """The settings :func:`reconstruct` runs with: L-BFGS on one scale (the ``seed`` preset), content only."""
+    return get_preset("seed").settings.replace(steps=steps, content_weight=1.0, tv_weight=0.0,
+                                               lbfgs_tolerance=RECONSTRUCT_TOLERANCE).replace(**settings)
 
 
 def _prepare_content(content: torch.Tensor, size: Optional[int], max_size: int) -> torch.Tensor:
@@ -63,7 +75,7 @@ def transfer(
     mixes the style's colours into the luma. Previews show the final colours.
     """
     p = get_preset(preset)
-    run_settings = settings_for(p, statistic).replace(**settings)
+    run_settings = preset_settings(p, statistic, **settings)
     validate_settings(run_settings)
     content = _prepare_content(content, size, run_settings.max_size)
     layers = parse_layers(p.style_layers if style_layers is None else style_layers, extractor.arch)
@@ -123,8 +135,7 @@ def reconstruct(
     ``lbfgs_max_iter`` evaluations moves it by less than ``RECONSTRUCT_TOLERANCE`` RMS;
     ``lbfgs_tolerance=0`` uses them all).
     """
-    run_settings = get_preset("seed").settings.replace(steps=steps, content_weight=1.0, tv_weight=0.0,
-                                                      lbfgs_tolerance=RECONSTRUCT_TOLERANCE).replace(**settings)
+    run_settings = reconstruct_settings(steps, **settings)
     validate_settings(run_settings)
     content = _prepare_content(content, size, run_settings.max_size)
     c = ContentTarget.create(extractor, content, layer)
@@ -149,7 +160,7 @@ def texture(
 ) -> torch.Tensor:
     """Synthesise a ``size``×``size`` texture from the style image(s) alone, starting from noise."""
     p = get_preset(preset)
-    run_settings = settings_for(p, statistic).replace(**settings)
+    run_settings = preset_settings(p, statistic, **settings)
     validate_settings(run_settings)
     check_size(size)
     check_max_size((size, size), run_settings.max_size)

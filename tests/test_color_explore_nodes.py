@@ -142,3 +142,21 @@ def test_layer_explorer_node_stops_on_cancel(nodes, extractor, pack, monkeypatch
     with torch.inference_mode(), pytest.raises(Interrupted):
         nodes["NST_LayerExplorer"].run(extractor, torch.rand(1, 30, 40, 3), 32, 50)
     assert len(calls) == 3
+
+
+def test_layer_explorer_node_asks_comfyui_for_the_memory_of_its_largest_cell(nodes, extractor, pack, monkeypatch):
+    """As Optimize does: ComfyUI offloads its models until the explorer's largest cell fits."""
+    bridge = sys.modules[pack.__name__ + ".nodes.comfy_bridge"]
+    explore = sys.modules[pack.__name__ + ".nst_core.explore"]
+    memory = sys.modules[pack.__name__ + ".nst_core.memory"]
+    asked = []
+    monkeypatch.setattr(bridge, "make_room", lambda n, device: asked.append((n, str(device))))
+    content = torch.rand(1, 30, 40, 3)
+    with torch.inference_mode():
+        nodes["NST_LayerExplorer"].run(extractor, content, 32, 1, style=torch.rand(1, 40, 40, 3))
+        nodes["NST_LayerExplorer"].run(extractor, content, 64, 1)
+    with_style = explore.peak_bytes((30, 40), 32, 1, with_style=True)
+    without = explore.peak_bytes((30, 40), 64, 1, with_style=False)
+    assert asked == [(memory.required_bytes(with_style), "cpu"), (memory.required_bytes(without), "cpu")]
+    weights = sum(p.numel() * p.element_size() for p in extractor.parameters())
+    assert with_style > weights  # the network and the cells' activations

@@ -234,7 +234,9 @@ def test_the_node_asks_comfyui_for_the_estimate_and_checkpoints_when_memory_is_s
         plain, light = _needs(pack, ct, st, 64, False), _needs(pack, ct, st, 64, True)
         assert memory_bridge["asked"] == [plain]  # the estimate plus a margin, not 2× the weights
         assert memory_bridge["settings"][-1].checkpoint is False
-        memory_bridge["free"] = (plain + light) // 2  # enough only with activation checkpointing
+        # enough only with activation checkpointing, in the 3/4 of the free memory a plan may use
+        need = (plain + light) // 2
+        memory_bridge["free"] = max(int(need / 0.75) + 1, need + 512 * 2**20)
         _optimize(nodes, extractor, content_target=ct, style_target=st, size=64)
         assert memory_bridge["settings"][-1].checkpoint is True
 
@@ -256,6 +258,48 @@ def test_the_schedule_takes_the_weights_calibrated_for_the_targets_statistic(nod
         _optimize(nodes, extractor, content_target=ct, style_target=st, schedule="seed", steps=1, size=32)
     s = memory_bridge["settings"][-1]
     assert s.optimizer == "lbfgs" and (s.content_weight, s.style_weight) == (0.25, 25.0)  # not 1000 on W2
+
+
+def test_the_node_says_its_plan_and_rough_time_before_a_large_run(nodes, extractor, pack, memory_bridge,
+                                                                    monkeypatch):
+    bridge = sys.modules[pack.__name__ + ".nodes.comfy_bridge"]
+    monkeypatch.setattr(sys.modules[pack.__name__ + ".nst_core.plan"], "LARGE_PIXELS", 64 * 48)
+    said = []
+    monkeypatch.setattr(bridge, "say", said.append)
+    with torch.inference_mode():
+        ct = nodes["NST_ContentTarget"].build(extractor, torch.rand(1, 48, 64, 3), "relu4_2", 1.0)[0]
+        st = _style(nodes, extractor, torch.rand(1, 48, 48, 3))
+        _optimize(nodes, extractor, content_target=ct, style_target=st, size=32, steps=1)  # small: no word
+        assert said == []
+        _optimize(nodes, extractor, content_target=ct, style_target=st, size=64, steps=1)
+    assert len(said) == 1 and re.fullmatch(r"plan: 64×48 px on cpu, the whole image at once; about [\d.]+ [MG]iB at "
+                                           r"the peak of [\d.]+ [GT]iB free \([\d.]+ [GT]iB usable\); roughly "
+                                           r"\d+ (s|min)", said[0]), said
+
+
+def test_say_puts_a_progress_text_on_the_node_where_comfyui_has_one(pack, monkeypatch):
+    """2025+ ComfyUI: PromptServer.send_progress_text to the executing node; 2024-03: the log line alone."""
+    import types
+
+    bridge = sys.modules[pack.__name__ + ".nodes.comfy_bridge"]
+    assert bridge.say("no ComfyUI here") is False  # plain Python: the log only
+    sent = []
+    server = types.ModuleType("server")
+    server.PromptServer = type("PromptServer", (), {})
+    server.PromptServer.instance = types.SimpleNamespace(send_progress_text=lambda text, node: sent.append((text, node)))
+    execution = types.ModuleType("comfy_execution")
+    execution.utils = types.ModuleType("comfy_execution.utils")
+    execution.utils.get_executing_context = lambda: types.SimpleNamespace(node_id="7")
+    monkeypatch.setattr(bridge, "_mm", types.SimpleNamespace())
+    monkeypatch.setitem(sys.modules, "server", server)
+    monkeypatch.setitem(sys.modules, "comfy_execution", execution)
+    monkeypatch.setitem(sys.modules, "comfy_execution.utils", execution.utils)
+    assert bridge.say("plan: 4096×4096 px") is True and sent == [("plan: 4096×4096 px", "7")]
+    server.PromptServer.instance = types.SimpleNamespace()  # 2024-03: no send_progress_text
+    assert bridge.say("plan") is False and len(sent) == 1
+    monkeypatch.delitem(sys.modules, "comfy_execution.utils")
+    monkeypatch.setitem(sys.modules, "comfy_execution", None)  # 2024-03 has no comfy_execution at all
+    assert bridge.say("plan") is False
 
 
 def test_the_seed_input_has_no_randomize_control():
