@@ -130,7 +130,7 @@ def make_plan(hw: Tuple[int, int], layers: Sequence[str], settings: Settings, de
     return Plan(tuple(hw), batch, device, resolved, est, free, algebra, tuple(layers), arch, count=count)
 
 
-RunFn = Callable[..., Any]  # run(size=…, progress=…, **settings overrides): the run itself, at another size
+RunFn = Callable[..., Any]  # run(size=…, progress=…, preview=…, **settings overrides): the run, at another size
 
 
 def time_iterations(run: RunFn, plan: Plan, edge: int = TIMED_EDGE, steps: int = TIMED_STEPS
@@ -139,8 +139,8 @@ def time_iterations(run: RunFn, plan: Plan, edge: int = TIMED_EDGE, steps: int =
     switches (checkpointing, bf16) but no tiles, ``steps`` iterations of which the first is a warm-up."""
     edge = max(min(edge, max(plan.hw)), min_input_edge(plan.arch, plan.layers) if plan.layers else 16)
     stamps: List[float] = []
-    run(size=edge, progress=lambda p: stamps.append(time.perf_counter()), steps=steps, first_steps=steps,
-        min_size=1 << 20, tile=TILE_OFF, checkpoint=plan.settings.checkpoint)
+    run(size=edge, progress=lambda p: stamps.append(time.perf_counter()), preview=None, steps=steps,
+        first_steps=steps, min_size=1 << 20, tile=TILE_OFF, checkpoint=plan.settings.checkpoint)
     if len(stamps) < 2:
         raise ValueError("the timed pass reported fewer than 2 iterations; it cannot time the run")
     return (stamps[-1] - stamps[0]) / (len(stamps) - 1), fit_long_edge(plan.hw, edge)

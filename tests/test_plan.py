@@ -70,9 +70,10 @@ def test_plan_prints_the_plan_writes_nothing_and_exits_0(files, capsys, command)
     out = files / "out.png"
     inputs = {"transfer": [files / "content.png", files / "style.png"], "texture": [files / "style.png"],
               "reconstruct": [files / "content.png"]}[command]
-    code = main([command, *map(str, inputs), "-o", str(out), "--size", "48", "--weights", "random", "--plan"])
+    code = main([command, *map(str, inputs), "-o", str(out), "--size", "48", "--weights", "random", "--plan",
+                 "--save-every", "1"])
     text = capsys.readouterr().out
-    assert code == 0 and not out.exists()
+    assert code == 0 and not out.exists() and not list(files.glob("out_*.png"))  # no snapshot either
     assert re.search(r"output +\d+×\d+ px", text) and "runs as     the whole image at once" in text
     assert re.search(r"memory +about [\d.]+ [MG]iB at the peak", text)
     assert re.search(r"free +[\d.]+ [MG]iB on cpu", text)
