@@ -46,15 +46,13 @@ def outer(f: torch.Tensor) -> torch.Tensor:
 def gram_normalized(features: torch.Tensor) -> Stat:
     """Gram of per-channel L2-normalised features (channel cosine similarities), ``[B,C,C]``."""
     f = _flat(features)
-    f = f / f.norm(dim=2, keepdim=True).clamp_min(1e-8)
-    return (outer(f),)
+    return (gram_statistic("gram_normalized", outer(f), f.new_full((f.shape[0],), f.shape[-1])),)
 
 
 def gram(features: torch.Tensor) -> Stat:
     """Gram matrix divided by C·H·W, ``[B,C,C]``."""
     f = _flat(features)
-    b, c, n = f.shape
-    return (outer(f) / (c * n),)
+    return (gram_statistic("gram", outer(f), f.new_full((f.shape[0],), f.shape[-1])),)
 
 
 def moments(features: torch.Tensor, weights: Optional[torch.Tensor] = None) -> Stat:
@@ -74,38 +72,96 @@ def centred_moments(f: torch.Tensor, weights: Optional[torch.Tensor] = None,
                     chunk_elements: int = 1 << 24) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(mean ``[B,C]``, covariance ``[B,C,C]``, mass ``[B]``) of flat features ``[B,C,N]``, no graph.
 
-    Runs on the features' device in :func:`precision.precise_dtype` (float64 where it exists), over
-    chunks of positions merged with Chan's pairwise update, so no chunk is ever large and the
-    covariance is taken from centred values: ``F·Fᵀ/N − μμᵀ`` would cancel most digits of the small
-    eigenvalues. ``weights`` ``[B or 1,1,N]`` (≥ 0) make it a weighted mean and covariance.
+    See :class:`Moments`; ``weights`` ``[B or 1,1,N]`` (≥ 0) make it a weighted mean and covariance.
     """
-    dtype = precise_dtype(f.device)
-    b, c, n = f.shape
-    step = max(1, chunk_elements // max(1, b * c))
-    mass = mean = m2 = None
-    with torch.no_grad():
-        for start in range(0, n, step):
-            x = f[..., start : start + step].to(dtype)
-            if weights is None:
-                w = None
-                k = torch.full((b, 1), float(x.shape[-1]), dtype=dtype, device=f.device)
-                mu = x.mean(-1)
-            else:
-                w = weights[..., start : start + step].to(dtype).expand(b, 1, -1)
-                k = w.sum(-1)
-                mu = (x * w).sum(-1) / k.clamp_min(1e-30)
-            xc = x - mu.unsqueeze(-1)
-            cov = (xc if w is None else xc * w) @ xc.transpose(-1, -2)
-            if mass is None:
-                mass, mean, m2 = k, mu, cov
-                continue
-            total = mass + k
-            delta = mu - mean
-            share = (k / total.clamp_min(1e-30))
-            mean = mean + delta * share
-            m2 = m2 + cov + (delta.unsqueeze(-1) * delta.unsqueeze(-2)) * (mass * share).unsqueeze(-1)
-            mass = total
-    return mean, m2 / mass.clamp_min(1e-30).unsqueeze(-1), mass.squeeze(-1)
+    return Moments().add(f, weights, chunk_elements).result()
+
+
+class Moments:
+    """Weighted mean and covariance of positions, gathered piece by piece (the pieces of a tiled image,
+    the chunks of one piece) and merged with Chan's pairwise update: the one merge of the package.
+
+    Runs on the features' device in :func:`precision.precise_dtype` (float64 where it exists), from
+    centred values: ``F·Fᵀ/N − μμᵀ`` would cancel most digits of the small eigenvalues. No chunk of
+    more than ``chunk_elements`` values is ever converted at once.
+    """
+
+    def __init__(self) -> None:
+        self.mass: Optional[torch.Tensor] = None  # [B,1]
+        self.mean: Optional[torch.Tensor] = None  # [B,C]
+        self.m2: Optional[torch.Tensor] = None  # [B,C,C]: Σ a·(f − μ)(f − μ)ᵀ
+
+    def add(self, f: torch.Tensor, weights: Optional[torch.Tensor] = None,
+            chunk_elements: int = 1 << 24) -> "Moments":
+        """Fold in flat features ``[B,C,N]`` with optional weights ``[B or 1,1,N]``; returns self."""
+        dtype = precise_dtype(f.device)
+        b, c, n = f.shape
+        step = max(1, chunk_elements // max(1, b * c))
+        with torch.no_grad():
+            for start in range(0, n, step):
+                x = f[..., start : start + step].to(dtype)
+                if weights is None:
+                    w = None
+                    k = torch.full((b, 1), float(x.shape[-1]), dtype=dtype, device=f.device)
+                    mu = x.mean(-1)
+                else:
+                    w = weights[..., start : start + step].to(dtype).expand(b, 1, -1)
+                    k = w.sum(-1)
+                    mu = (x * w).sum(-1) / k.clamp_min(1e-30)
+                xc = x - mu.unsqueeze(-1)
+                self._merge(k, mu, (xc if w is None else xc * w) @ xc.transpose(-1, -2))
+        return self
+
+    def _merge(self, mass: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor) -> None:
+        if self.mass is None:
+            self.mass, self.mean, self.m2 = mass, mean, m2
+            return
+        total = self.mass + mass
+        delta = mean - self.mean
+        share = mass / total.clamp_min(1e-30)
+        self.mean = self.mean + delta * share
+        self.m2 = self.m2 + m2 + (delta.unsqueeze(-1) * delta.unsqueeze(-2)) * (self.mass * share).unsqueeze(-1)
+        self.mass = total
+
+    def result(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean ``[B,C]``, covariance ``[B,C,C]``, mass ``[B]``)."""
+        return self.mean, self.m2 / self.mass.clamp_min(1e-30).unsqueeze(-1), self.mass.squeeze(-1)
+
+
+class SecondMoment:
+    """Σ a·f·fᵀ ``[B,C,C]`` and Σ a ``[B]`` (precise dtype) over pieces: what a Gram is made of.
+
+    The product runs in the features' dtype (a Gram needs no centring), its sum in the precise one.
+    """
+
+    def __init__(self) -> None:
+        self.sum: Optional[torch.Tensor] = None
+        self.mass: Optional[torch.Tensor] = None
+
+    def add(self, f: torch.Tensor, weights: Optional[torch.Tensor] = None) -> "SecondMoment":
+        """Fold in flat features ``[B,C,N]`` with optional weights ``[B or 1,1,N]``; returns self."""
+        with torch.no_grad():
+            s = ((f if weights is None else f * weights) @ f.transpose(-1, -2)).to(precise_dtype(f.device))
+            m = (torch.full((f.shape[0],), float(f.shape[-1]), device=f.device) if weights is None
+                 else weights.expand(f.shape[0], 1, -1).sum((-1, -2))).to(s.dtype)
+        self.sum = s if self.sum is None else self.sum + s
+        self.mass = m if self.mass is None else self.mass + m
+        return self
+
+
+def gram_statistic(statistic: str, second: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """A Gram statistic from S = Σ a·f·fᵀ ``[B,C,C]`` and Σ a ``[B]`` (differentiable in S).
+
+    ``gram``: S / (C·Σ a); ``gram_normalized``: S / (‖f_i‖·‖f_j‖) with ‖f_i‖ = √S_ii, the cosine
+    similarities of the channels (weights enter through √a·f).
+    """
+    c = second.shape[-1]
+    if statistic == "gram":
+        return second / (c * mass.clamp_min(1e-12)[:, None, None])
+    if statistic == "gram_normalized":
+        norms = second.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt().clamp_min(1e-8)
+        return second / (norms[:, :, None] * norms[:, None, :])
+    raise ValueError(f"statistic {statistic!r} is not a Gram statistic; choose 'gram' or 'gram_normalized'")
 
 
 def compute(statistic: str, features: torch.Tensor) -> Stat:
