@@ -126,11 +126,15 @@ def resize(image: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
     """Resize ``[B,C,H,W]`` to ``hw`` (antialiased bicubic when shrinking), clamped to 0..1."""
     if tuple(image.shape[-2:]) == tuple(hw):
         return image
-    where = resize_device(image.device)
-    if where != image.device:
-        return resize(image.to(where), hw).to(image.device)
-    out = F.interpolate(image, size=hw, mode="bicubic", align_corners=False, antialias=True)
-    return out.clamp(0, 1)
+    return interpolate(image, hw, "bicubic", antialias=True).clamp(0, 1)
+
+
+def interpolate(t: torch.Tensor, hw: Tuple[int, int], mode: str, antialias: bool = False) -> torch.Tensor:
+    """``F.interpolate`` of ``[B,C,H,W]`` to ``hw`` on a device that has the kernel (:func:`resize_device`),
+    returned on ``t``'s device."""
+    where = resize_device(t.device)
+    out = F.interpolate(t.to(where), size=hw, mode=mode, align_corners=False, antialias=antialias)
+    return out.to(t.device)
 
 
 def resize_device(device: torch.device) -> torch.device:

@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
 from .extractor import Extractor
-from .image import as_rgb_batch, fit_long_edge, resize
+from .image import as_rgb_batch, fit_long_edge, interpolate, resize
 from .memory import check_tile_setting, device_free_bytes, fit_settings, is_auto_tile, lbfgs_history
 from .objective import ExtraLossFn, make_objective
 from .presets import INITS, OPTIMIZERS, TILE_OFF, Settings
@@ -240,8 +239,8 @@ def carry_adam_state(exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
     effective step would shrink at every scale (to about a third at the last).
     """
     ratio = (exp_avg.shape[-2] * exp_avg.shape[-1]) / (hw[0] * hw[1])
-    m = F.interpolate(exp_avg, size=hw, mode="bicubic", align_corners=False) * ratio
-    v = F.interpolate(exp_avg_sq, size=hw, mode="bilinear", align_corners=False).clamp_min(0) * ratio**2
+    m = interpolate(exp_avg, hw, "bicubic") * ratio
+    v = interpolate(exp_avg_sq, hw, "bilinear").clamp_min(0) * ratio**2
     return m, v
 
 

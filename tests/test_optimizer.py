@@ -505,11 +505,28 @@ def test_a_pixels_gradient_scales_with_one_over_the_pixel_count(rand_ext, conten
         x = resize(content.image, hw).clone().requires_grad_(True)
         with torch.no_grad():
             x.add_(0.05)  # away from the content target
-        obj(x)[0].backward()
+        obj.gradient(x)
         return float(x.grad.pow(2).mean().sqrt())
 
     small, big = grad_rms((32, 32)), grad_rms((64, 64))
     assert 2.5 < small / big < 6  # 4× the pixels: a quarter of the gradient
+
+
+def test_adams_state_is_resized_where_the_device_has_the_kernel(monkeypatch):
+    """MPS builds without a bicubic kernel: the carried moments are resized on image.resize_device's
+    answer (the CPU there) and come back to the state's device, with the same values."""
+    import importlib
+
+    image = importlib.import_module("nst_core.image")
+    gen = torch.Generator().manual_seed(0)
+    m, v = torch.randn(1, 3, 12, 16, generator=gen), torch.rand(1, 3, 12, 16, generator=gen)
+    want = nst_core.optimizer.carry_adam_state(m, v, (24, 32))
+    asked = []
+    real = image.resize_device
+    monkeypatch.setattr(image, "resize_device", lambda device: asked.append(device) or real(device))
+    got = nst_core.optimizer.carry_adam_state(m, v, (24, 32))
+    assert asked == [m.device, v.device]
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
 
 
 def test_adams_state_carried_up_the_pyramid_keeps_the_step_size(rand_ext, images, monkeypatch):
