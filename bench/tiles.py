@@ -39,7 +39,7 @@ from nst_core import tiles
 from nst_core.image import resize
 from nst_core.memory import (DoesNotFit, choose_tile, estimate_bytes, largest_edge, required_bytes,
                              tiled_bytes)
-from nst_core.objective import Objective, make_objective
+from nst_core.objective import Objective
 
 from .common import ROOT, bench_images, describe_device, peak_rss_mb, print_table, sync
 from .referee import Referee
@@ -92,7 +92,7 @@ def step_peak(ext, content: torch.Tensor, style: torch.Tensor, tile: int, store_
     def step() -> None:
         before, tiles.STORE_GOALS = tiles.STORE_GOALS, store_goals
         try:
-            make_objective(ext, settings, hw, c, (s,)).gradient(x, True)
+            Objective(ext, settings, hw, c, (s,)).gradient(x, True)
         finally:
             tiles.STORE_GOALS = before
 
@@ -119,7 +119,7 @@ def halo_rows(ext, size: int, tile: int, halos: List[int]) -> List[Dict[str, obj
     whole = grad(Objective(ext, settings, hw, c, (s,)))
     rows = []
     for halo in halos:
-        obj = tiles.TiledObjective(ext, settings.replace(tile=tile), hw, c, (s,), halo=halo)
+        obj = Objective(ext, settings.replace(tile=tile), hw, c, (s,), halo=halo)
         sync(ext.device)
         t = time.perf_counter()
         g = grad(obj)
@@ -239,7 +239,7 @@ def check_one(size: int, tile: int, device: str) -> Dict[str, float]:
     c, s = quality_targets(ext, content.to(device), style.to(device))
     hw = (size, size)
     t = time.perf_counter()
-    obj = make_objective(ext, p.settings.replace(tile=tile), hw, c, (s,))
+    obj = Objective(ext, p.settings.replace(tile=tile), hw, c, (s,))
     x = resize(content, hw).to(device).requires_grad_(True)
     obj.gradient(x, True)
     sync(torch.device(device))

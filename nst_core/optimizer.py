@@ -13,7 +13,7 @@ import torch
 from .extractor import Extractor
 from .image import as_rgb_batch, fit_long_edge, interpolate, resize
 from .memory import check_tile_setting, device_free_bytes, fit_settings, is_auto_tile, lbfgs_history
-from .objective import ExtraLossFn, make_objective
+from .objective import ExtraLossFn, Objective
 from .presets import INITS, OPTIMIZERS, TILE_OFF, Settings
 from .targets import ContentTarget, StyleTarget
 
@@ -336,7 +336,7 @@ class _Run:
         """Optimise at one pyramid scale, starting from ``x`` resized to ``hw``."""
         s = self.settings
         x = resize(x, hw).detach().clone()
-        self.objective = make_objective(self.extractor, s, hw, self.content, self.regions, self.extra_loss)
+        self.objective = Objective(self.extractor, s, hw, self.content, self.regions, self.extra_loss)
         x.requires_grad_(True)
         out = self._adam(i, scales, hw, steps, x) if s.optimizer == "adam" else self._lbfgs(i, scales, hw, steps, x)
         if not bool(torch.isfinite(out).all()):  # one sync per scale

@@ -104,36 +104,74 @@ class _Pull(torch.autograd.Function):
         return (g if weights is None else g.mul_(weights)), None, None, None
 
 
-class W2Style:
-    """One layer's W2 style loss (mean over the batch, divided by the target's magnitude).
+def _layout(f: torch.Tensor) -> torch.memory_format:
+    """The memory format of features ``f`` (NHWC when channels are the innermost dimension)."""
+    return torch.channels_last if f.dim() == 4 and f.stride(1) == 1 and f.shape[1] > 1 else torch.contiguous_format
 
-    A call with ``refresh=True`` (always the first) recomputes the transported features and returns
-    the exact W2 loss and gradient. Other calls return 0 with the gradient of the upper bound described
-    in the module text (its value is not computed: it would cost a pass over the features).
-    ``weights`` (``[B or 1,1,H,W]`` ≥ 0, e.g. a region mask on the layer's grid) make both the statistics
-    of the features and the pull weighted: the style is matched by the features under the mask.
+
+class W2Style:
+    """One layer's W2 style loss over an image (mean over the batch, divided by the target's magnitude),
+    evaluated piece by piece: the pieces are the tiles of :class:`.objective.Objective`, or one, the whole.
+
+    A *refresh* folds every piece's features into their moments (:meth:`gather`, into an accumulator
+    the caller holds), builds the transport once (:meth:`finish`: the exact value) and gives each piece
+    the exact gradient (:meth:`pull`). Other steps pull toward the transported features Y kept at the
+    refresh (``store_goals``; the bound of the module text, whose value is not computed: 0).
+    ``weights`` (``[B or 1,1,H,W]`` ≥ 0 on the layer's whole grid, e.g. a region mask) make both the
+    statistics and the pull weighted: the style is matched by the features under the mask. Called on
+    whole features, ``loss(features, refresh)`` is one piece.
     """
 
-    def __init__(self, target: LayerStyle) -> None:
+    def __init__(self, target: LayerStyle, weights: Optional[torch.Tensor] = None, store_goals: bool = True) -> None:
         if target.statistic != "moments":
             raise ValueError(f"W2Style needs a 'moments' target, got {target.statistic!r}")
-        self.target = target
-        self.goal: Optional[torch.Tensor] = None
+        self.target, self.weights, self.store_goals = target, weights, store_goals
+        self.map: Optional[Transport] = None
+        self.goal: Optional[torch.Tensor] = None  # Y on the whole grid, in the features' layout
+        self.grid: Tuple[int, int] = (0, 0)
         self.scale = 0.0
+        self.value: Optional[torch.Tensor] = None
 
-    def __call__(self, features: torch.Tensor, refresh: bool = True,
-                 weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The loss of ``features`` ``[B,C,H,W]``."""
-        value = None
-        b, c = features.shape[:2]
-        if refresh or self.goal is None or self.goal.shape != features.shape:
-            flat_w = None if weights is None else weights.reshape(weights.shape[0], 1, -1)
-            w2, residual = transport_residual(features.detach().reshape(b, c, -1), self.target, flat_w)
-            # the goal Y = F − residual takes the features' layout (NHWC or not): a plain subtraction
-            self.goal = torch.empty_like(features).copy_(residual.reshape(features.shape))
-            self.goal.neg_().add_(features.detach())
-            mass = features[0, 0].numel() if weights is None else float(weights.sum()) / weights.shape[0]
-            self.scale = 1.0 / (b * c * max(mass, 1e-12) * self.target.norm)
-            value = (w2.mean() / self.target.norm).to(features.device, torch.float32)
-        pull = _Pull.apply(features, self.goal, self.scale, weights)
-        return pull if value is None else pull + value
+    def needs_gather(self, exact: bool) -> bool:
+        """Whether this step must gather the moments first (a refresh)."""
+        return exact or self.map is None or not self.store_goals
+
+    def gather(self, acc: Optional[st.Moments], f: torch.Tensor, rows: slice, cols: slice) -> st.Moments:
+        """``acc`` (None: a new gather) with a piece's features ``[B,C,h,w]`` at ``rows``, ``cols`` folded in."""
+        w = None if self.weights is None else self.weights[..., rows, cols].flatten(2)
+        return (acc or st.Moments()).add(f.detach().flatten(2), w)
+
+    def finish(self, acc: st.Moments, grid: Tuple[int, int], device: torch.device) -> None:
+        """Build the transport from the gathered moments; set the value and the pull's scale."""
+        mean, cov, _ = acc.result()
+        t = transport_map(mean, cov, self.target)
+        self.value = (t.w2.mean() / self.target.norm).to(device, torch.float32)
+        self.map = t.to(device, torch.float32)
+        b, c = mean.shape
+        mass = grid[0] * grid[1] if self.weights is None else float(self.weights.sum()) / self.weights.shape[0]
+        self.scale = 1.0 / (b * c * max(mass, 1e-12) * self.target.norm)
+        self.grid = tuple(grid)
+
+    def pull(self, f: torch.Tensor, rows: slice, cols: slice, refreshed: bool) -> torch.Tensor:
+        """0, with the gradient of the W2 loss (refreshed) or of its bound for a piece's features."""
+        if refreshed or not self.store_goals:  # Y = F − residual, formed in the features' layout
+            if not self.store_goals:
+                goal = torch.empty_like(f)
+            else:
+                shape = (*f.shape[:2], *self.grid)
+                if self.goal is None or tuple(self.goal.shape) != shape:
+                    self.goal = torch.empty(shape, dtype=f.dtype, device=f.device, memory_format=_layout(f))
+                goal = self.goal[..., rows, cols]
+            goal.copy_(self.map.residual(f.detach().flatten(2)).reshape(f.shape)).neg_().add_(f.detach())
+        else:
+            goal = self.goal[..., rows, cols]
+        w = None if self.weights is None else self.weights[..., rows, cols]
+        return _Pull.apply(f, goal, self.scale, w)
+
+    def __call__(self, features: torch.Tensor, refresh: bool = True) -> torch.Tensor:
+        """The loss of whole features ``[B,C,H,W]``; a refresh on the first call and on a new shape."""
+        whole = (slice(None), slice(None))
+        if self.needs_gather(refresh) or (self.goal is not None and self.goal.shape != features.shape):
+            self.finish(self.gather(None, features, *whole), tuple(features.shape[-2:]), features.device)
+            return self.pull(features, *whole, True) + self.value
+        return self.pull(features, *whole, False)

@@ -421,8 +421,8 @@ def test_w2_transport_is_refreshed_every_n_steps_whoever_watches(rand_ext, image
     transport = importlib.import_module("nst_core.transport")
     moments = StyleTarget.create(rand_ext, images.checkerboard(32, 32), LAYERS, statistic="moments")
     calls = []
-    real = transport.transport_residual
-    monkeypatch.setattr(transport, "transport_residual", lambda *a: calls.append(1) or real(*a))
+    real = transport.transport_map
+    monkeypatch.setattr(transport, "transport_map", lambda *a: calls.append(1) or real(*a))
     unwatched = optimize(rand_ext, content, moments, "content", quick(steps=6, transport_every=3))
     assert len(calls) == 2 * len(LAYERS)  # steps 0 and 3
     calls.clear()

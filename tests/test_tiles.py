@@ -15,10 +15,10 @@ import torch
 from nst_core import tiles, transfer
 from nst_core.image import load_image
 from nst_core.memory import DoesNotFit, choose_tile, estimate_bytes, required_bytes, tiled_bytes
-from nst_core.objective import Objective, make_objective
+from nst_core.objective import Objective
 from nst_core.presets import Settings, get_preset
 from nst_core.targets import ContentTarget, StyleTarget
-from nst_core.tiles import TiledObjective, cuts, tile_grid
+from nst_core.tiles import cuts, tile_grid
 
 QUALITY = get_preset("quality")
 LAYERS = list(QUALITY.style_layers) + [QUALITY.content_layer]
@@ -68,15 +68,15 @@ def test_cuts_are_aligned_shifted_and_leave_no_sliver():
     assert cuts(50, 64, 16, 16) == [0, 16, 50]
 
 
-def test_make_objective_tiles_only_the_scales_larger_than_the_tile(rand_ext, content_img, style_img):
+def test_only_the_scales_larger_than_the_tile_are_tiled(rand_ext, content_img, style_img):
     c = ContentTarget.create(rand_ext, content_img, "relu3_1")
     s = StyleTarget.create(rand_ext, style_img, ["relu1_1", "relu3_1"])
     tiled = Settings(tile=48)
-    assert isinstance(make_objective(rand_ext, tiled, (64, 96), c, (s,)), TiledObjective)
-    assert isinstance(make_objective(rand_ext, tiled, (48, 48), c, (s,)), Objective)
-    assert isinstance(make_objective(rand_ext, Settings(), (64, 96), c, (s,)), Objective)
+    assert len(Objective(rand_ext, tiled, (64, 96), c, (s,)).geo.tiles()) > 1
+    for whole in (Objective(rand_ext, tiled, (48, 48), c, (s,)), Objective(rand_ext, Settings(), (64, 96), c, (s,))):
+        assert not whole.tiled and [t.crop for t in whole.geo.tiles()] == [(0, whole.hw[0], 0, whole.hw[1])]
     with pytest.raises(ValueError, match=r"tile must be a whole number of px ≥ 0.*got -16"):
-        make_objective(rand_ext, Settings(tile=-16), (64, 96), c, (s,))
+        Objective(rand_ext, Settings(tile=-16), (64, 96), c, (s,))
 
 
 # --------------------------------------------------------------------------- the same objective
@@ -96,7 +96,7 @@ def test_a_halo_covering_the_image_gives_the_whole_gradient_and_losses(rand_ext,
     settings = Settings(tv_weight=1.0, style_weight=5.0, autocast_bf16=False)
     x = 0.7 * images.stripes(*hw) + 0.3 * images.noise(*hw, seed=1)
     g_whole, p_whole = _grad(Objective(rand_ext, settings, hw, c, regions), x)
-    g_tiled, p_tiled = _grad(TiledObjective(rand_ext, settings.replace(tile=32), hw, c, regions, halo=128), x)
+    g_tiled, p_tiled = _grad(Objective(rand_ext, settings.replace(tile=32), hw, c, regions, halo=128), x)
     assert _cos(g_tiled, g_whole) > 0.99999
     assert float((g_tiled - g_whole).norm() / g_whole.norm()) < 1e-4
     for k in ("content", "style", "tv", "total"):
@@ -109,7 +109,7 @@ def test_stored_goals_give_the_whole_gradient_between_refreshes(rand_ext, images
     s = (StyleTarget.create(rand_ext, images.checkerboard(64, 64)),)
     settings = Settings(tv_weight=1.0, style_weight=5.0, autocast_bf16=False, transport_every=10)
     whole = Objective(rand_ext, settings, hw, c, s)
-    tiled = TiledObjective(rand_ext, settings.replace(tile=32), hw, c, s, halo=128)
+    tiled = Objective(rand_ext, settings.replace(tile=32), hw, c, s, halo=128)
     x0 = images.stripes(*hw)
     x1 = (x0 + 0.05 * images.noise(*hw, seed=3)).clamp(0, 1)
     _grad(whole, x0, True), _grad(tiled, x0, True)
@@ -117,7 +117,7 @@ def test_stored_goals_give_the_whole_gradient_between_refreshes(rand_ext, images
     assert _cos(g_tiled, g_whole) > 0.99999
     assert float(p_tiled["style"]) == float(p_whole["style"]) == 0.0  # not a refresh: no W2 value
     assert tiled.terms[(0, "relu1_1")].goal is not None
-    every_step = TiledObjective(rand_ext, settings.replace(tile=32, transport_every=1), hw, c, s)
+    every_step = Objective(rand_ext, settings.replace(tile=32, transport_every=1), hw, c, s)
     assert not every_step.terms[(0, "relu1_1")].store_goals  # every step refreshes: nothing to keep
 
 
@@ -141,7 +141,7 @@ def test_tiled_runs_are_deterministic_and_the_grid_moves(rand_ext, images):
 
     a, b = (optimize(rand_ext, c, s, settings=settings) for _ in range(2))
     assert torch.equal(a, b)
-    obj = TiledObjective(rand_ext, settings, (64, 96), c, (s,))
+    obj = Objective(rand_ext, settings, (64, 96), c, (s,))
     offsets = {obj._offset() for _ in range(20)}
     assert len(offsets) > 5 and all(o % 4 == 0 and 0 <= o < 32 for off in offsets for o in off)
 
@@ -174,7 +174,7 @@ def test_peak_memory_with_a_small_tile_is_less_than_half_the_whole_image(rand_ex
     x = images.stripes(*hw).requires_grad_(True)
 
     def peak(tile: int) -> int:
-        return peak_tensor_bytes(lambda: make_objective(rand_ext, QUALITY.settings.replace(tile=tile), hw, c, s)
+        return peak_tensor_bytes(lambda: Objective(rand_ext, QUALITY.settings.replace(tile=tile), hw, c, s)
                                  .gradient(x, True))[1]
 
     monkeypatch.setattr(tiles, "DEFAULT_HALO", 32)
@@ -292,12 +292,12 @@ def test_w2_gradient_at_a_refresh_matches_the_whole_image_without_seams(real_ext
     s = (StyleTarget.create(real_ext, style, QUALITY.style_layers, QUALITY.style_layer_weights),)
     settings = QUALITY.settings.replace(content_weight=0.0, tv_weight=0.0, tile=64)  # the W2 loss alone
     x = 0.6 * content + 0.4 * torch.nn.functional.interpolate(style, size=hw, mode="bilinear")
-    g_whole, _ = _grad(Objective(real_ext, settings, hw, c, s), x)
+    g_whole, _ = _grad(Objective(real_ext, settings.replace(tile=0), hw, c, s), x)
     energy = lambda g: g.pow(2).sum((0, 1))  # noqa: E731 - per pixel
 
-    full = TiledObjective(real_ext, settings, hw, c, s, halo=192)  # every crop is the whole image
+    full = Objective(real_ext, settings, hw, c, s, halo=192)  # every crop is the whole image
     cos_full = _cos(_grad(full, x)[0], g_whole)
-    fixed = TiledObjective(real_ext, settings, hw, c, s, halo=32)  # a realistic halo, the grid held still
+    fixed = Objective(real_ext, settings, hw, c, s, halo=32)  # a realistic halo, the grid held still
     fixed._offset = lambda: (0, 0)
     g_fixed, _ = _grad(fixed, x)
     cos_halo = _cos(g_fixed, g_whole)
@@ -306,7 +306,7 @@ def test_w2_gradient_at_a_refresh_matches_the_whole_image_without_seams(real_ext
         energy(g)[~band].sum() / energy(g_whole)[~band].sum())
     err = lambda g: float(energy(g - g_whole)[band].sum() / energy(g_whole)[band].sum()) / float(  # noqa: E731
         energy(g - g_whole)[~band].sum() / energy(g_whole)[~band].sum())
-    shifted = TiledObjective(real_ext, settings, hw, c, s, halo=32)  # as in a run: the grid moves every step
+    shifted = Objective(real_ext, settings, hw, c, s, halo=32)  # as in a run: the grid moves every step
     g_mean = sum(_grad(shifted, x)[0] for _ in range(8)) / 8
     print(f"\nW2 gradient at a refresh, tiles of 64 px at 192 px: cosine {cos_full:.6f} (halo covers the image), "
           f"{cos_halo:.5f} (halo 32 px). Energy at the borders over elsewhere, relative to the whole image's: "
