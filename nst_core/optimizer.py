@@ -261,10 +261,11 @@ def optimize(
     ``style`` is a style target, or several with region masks (one of them may be unmasked: it covers
     what the masks leave). ``init`` is ``"content"``, ``"noise"``, ``"gray"`` or an image tensor.
     ``size`` is the output's long edge (default: the content's size). A content batch of B gives B
-    outputs. ``cancel`` is called every iteration; if it returns True the run raises :class:`Cancelled`
-    (its own exceptions propagate). ``extra_loss(image)`` adds a term of the caller's (e.g. a temporal
-    loss): it gets the image being optimised at the current pyramid scale, ``[B,3,h,w]``, and returns a
-    weighted scalar. No process-wide setting is changed.
+    outputs. ``cancel`` is called every iteration, and before each tile of a tiled scale; if it returns
+    True the run raises :class:`Cancelled` (its own exceptions propagate) and drops the step in
+    progress. ``extra_loss(image)`` adds a term of the caller's (e.g. a temporal loss): it gets the
+    image being optimised at the current pyramid scale, ``[B,3,h,w]``, and returns a weighted scalar.
+    No process-wide setting is changed.
     """
     settings = settings or Settings()
     regions = style_regions(style)
@@ -322,6 +323,11 @@ class _Run:
         self.adam_state = None
         self.objective = None
 
+    def _between_tiles(self) -> None:
+        """The cancel check inside a tiled step: a Cancel stops within one tile (the step is dropped)."""
+        if self.cancel is not None and self.cancel():
+            raise Cancelled(f"cancelled during step {self.step + 1} of {self.total}")
+
     def _tick(self, scale: int, scales: int, hw, parts: Dict[str, torch.Tensor], exact: bool, image_fn) -> None:
         self.step += 1
         s = self.settings
@@ -354,7 +360,7 @@ class _Run:
         for k in range(steps):
             opt.zero_grad(set_to_none=True)
             exact = k % s.transport_every == 0  # the schedule alone: watching changes nothing
-            parts = self.objective.gradient(x, exact)
+            parts = self.objective.gradient(x, exact, self._between_tiles)
             opt.step()
             with torch.no_grad():
                 x.clamp_(0, 1)
@@ -374,7 +380,7 @@ class _Run:
         def closure() -> torch.Tensor:
             nonlocal done
             opt.zero_grad(set_to_none=True)
-            parts = self.objective.gradient(x, True)
+            parts = self.objective.gradient(x, True, self._between_tiles)
             done += 1
             self._tick(i, scales, hw, parts, True, lambda: x.clamp(0, 1))
             return parts["total"]

@@ -279,6 +279,23 @@ def test_cancel_stops_the_run_and_the_next_run_works(rand_ext, content, style, o
     assert [p.step for p in seen] == [1, 2]
 
 
+@pytest.mark.parametrize("optimizer, stop_after", [("adam", 4), ("adam", 17), ("lbfgs", 17)])
+def test_a_tiled_step_stops_within_one_tile(rand_ext, images, monkeypatch, optimizer, stop_after):
+    """Cancel is asked before every tile (gather pass and gradient pass): once it says stop, no other tile
+    is evaluated, and the step in progress is dropped (never reported)."""
+    c = ContentTarget.create(rand_ext, images.gradient(64, 96), "relu2_1")
+    s = StyleTarget.create(rand_ext, images.checkerboard(32, 32), LAYERS, statistic="moments")
+    tiles = []
+    real = type(rand_ext).forward
+    monkeypatch.setattr(type(rand_ext), "forward", lambda self, *a, **k: tiles.append(1) or real(self, *a, **k))
+    seen = []
+    settings = quick(optimizer=optimizer, steps=3, tile=32, transport_every=2)  # 6 to 12 tiles a pass
+    with pytest.raises(Cancelled) as stopped:
+        optimize(rand_ext, c, s, settings=settings, progress=seen.append, cancel=lambda: len(tiles) >= stop_after)
+    assert len(tiles) == stop_after  # the tile in progress finished, no other started
+    assert f"during step {len(seen) + 1} of 3" in str(stopped.value)
+
+
 def test_cancel_callback_errors_propagate(rand_ext, content, style):
     def cancel():
         raise KeyboardInterrupt
