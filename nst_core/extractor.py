@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Dict, List, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
@@ -109,6 +110,21 @@ class Extractor(nn.Module):
     def min_edge(self, layers: Sequence[str]) -> int:
         """Smallest image edge the given layers can take."""
         return min_input_edge(self.arch, layers)
+
+    def receptive_max(self, pixels: torch.Tensor, layers: Sequence[str]) -> Dict[str, torch.Tensor]:
+        """For each of ``layers``, the maximum of a pixel map ``[B,1,H,W]`` over each position's receptive
+        field, on that layer's grid: the map carried through the network's own windows and strides
+        (padding, which holds no pixel, is left out)."""
+        out: Dict[str, torch.Tensor] = {}
+        x = pixels
+        for name, module in zip(self.names[: max(layer_index(self.arch, n) for n in layers) + 1], self.features):
+            if isinstance(module, nn.Conv2d):
+                x = F.max_pool2d(x, module.kernel_size, module.stride, module.padding)
+            elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+                x = F.max_pool2d(x, module.kernel_size, module.stride)
+            if name in layers:
+                out[name] = x
+        return out
 
     def forward(self, image: torch.Tensor, layers: Sequence[str], checkpoint: bool = False,
                 compile: bool = False) -> Dict[str, torch.Tensor]:

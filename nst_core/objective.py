@@ -22,7 +22,9 @@ its losses are taken on those alone. Every term is written once, for a piece:
   image's count and target magnitude. **Smoothness** and the caller's ``extra_loss`` take the whole
   image: one backward pass with the rest for the whole image, a backward of their own after the tiles
   (their image-sized graph never meets a tile's).
-- **Regions** weigh each layer's positions by the region's mask resized to the layer's grid.
+- **Regions** weigh each layer's positions by :func:`.targets.layer_masks` (with pixels no mask covers,
+  only the positions whose receptive field stays on covered pixels); a layer left without a position
+  has no term.
 
 ``between_tiles`` (the run's cancel check) is called before each tile when there are several, so a
 Cancel stops within one tile; the half-accumulated gradient is dropped with the run.
@@ -40,7 +42,7 @@ from .losses import content_loss, style_term, tv_loss
 from .precision import autocast, use_bf16
 from .presets import Settings
 from . import tiles
-from .targets import ContentTarget, StyleTarget, mask_at, region_masks, run_layers
+from .targets import ContentTarget, StyleTarget, layer_masks, run_layers
 from .tiles import Geometry, Tile, crop, needs_goals, style_at, tiled_features
 
 ExtraLossFn = Callable[[torch.Tensor], torch.Tensor]  # image [B,3,h,w] at the current scale -> weighted scalar loss
@@ -81,14 +83,14 @@ class Objective:
             self.content_norm = self.content_feats.pow(2).mean().clamp_min(1e-12)
             self.content_count = self.content_feats.shape[1] * grid[0] * grid[1]
             self.content_weights = content.weights_at(grid, dev)
-        masks = [{n: mask_at(m, self.geo.grid[n], dev) for n in t.layers}
-                 for t, m in zip(regions, region_masks(regions, self.hw, dev))]
+        masks = layer_masks(extractor, regions, self.hw, self.geo.grid)
         self.terms: Dict[Key, object] = {}
         for k, t in enumerate(regions):
             targets = (style_at(extractor, t, max(self.hw), self.geo.tile, self.geo.halo) if self.tiled
                        else t.at_size(extractor, max(self.hw)))
-            for n in t.layers:
-                self.terms[(k, n)] = style_term(targets[n], masks[k][n], store_goals)
+            for n in t.layers:  # (a layer whose patterns the region cannot hold has no position left)
+                if masks[k][n] is None or float(masks[k][n].max()) > 0:
+                    self.terms[(k, n)] = style_term(targets[n], masks[k][n], store_goals)
 
     def _offset(self) -> Tuple[int, int]:
         """This step's random shift of the tile grid (multiples of the alignment below the tile size)."""

@@ -344,3 +344,27 @@ def region_masks(regions: Sequence[StyleTarget], hw: Tuple[int, int],
         return masks
     rest = (1 - torch.stack([m.expand(-1, 1, -1, -1)[:1] for m in given]).sum(0)).clamp(0, 1)
     return [rest if m is None else m for m in masks]
+
+
+def layer_masks(extractor: Extractor, regions: Sequence[StyleTarget], hw: Tuple[int, int],
+                grids: Dict[str, Tuple[int, int]]) -> List[Dict[str, Optional[torch.Tensor]]]:
+    """Each region's mask on each of its layers' grids (``grids``: layer → (h, w)); None for an unmasked run.
+
+    A position of a deep layer sees far beyond its own cell (relu5_1: 156 px), so a mask merely resized
+    to that grid lets the style pull pixels outside the mask. Where the masks leave pixels that no style
+    covers, a position's weight is therefore multiplied by 1 − the most uncovered pixel of its receptive
+    field (the "inside" guidance of Gatys et al. 2017): no style term reaches those pixels, and there the
+    content alone rules. A region keeps the layers whose patterns fit inside it.
+    """
+    dev = extractor.device
+    masks = region_masks(regions, hw, dev)
+    given = [m for m in masks if m is not None]
+    uncovered = None if not given else (1 - sum(m[:1] for m in given)).clamp(0, 1)
+    reach = {}
+    if uncovered is not None and float(uncovered.max()) > 1e-3:
+        reach = extractor.receptive_max(uncovered, sorted({n for t in regions for n in t.layers}))
+    out = []
+    for t, m in zip(regions, masks):
+        at = {n: mask_at(m, grids[n], dev) for n in t.layers}
+        out.append({n: w * (1 - reach[n]) if n in reach else w for n, w in at.items()})
+    return out

@@ -242,3 +242,27 @@ def test_compiled_pieces_match_eager(rand_ext, images):
     for k in layers:
         assert torch.allclose(compiled[k], eager[k], rtol=1e-4, atol=1e-4)
     assert torch.allclose(g_comp, g_eager, rtol=1e-3, atol=1e-3 * g_eager.abs().max())
+
+
+@pytest.mark.parametrize("ext_name", ["rand_ext", "rand_ext_avg"])
+def test_receptive_max_is_the_receptive_field_of_each_position(ext_name, request):
+    """A pixel's reach on each layer's grid holds every position that depends on it, and little more."""
+    ext = request.getfixturevalue(ext_name)
+    layers = ["relu1_1", "conv2_2", "relu3_1", "relu4_1", "relu5_1"]
+    hw, pixel = (64, 80), (30, 41)
+    x = torch.rand(1, 3, *hw, generator=torch.Generator().manual_seed(0))
+    y = x.clone()
+    y[..., pixel[0], pixel[1]] += 0.5
+    with torch.no_grad():
+        fx, fy = ext(x, layers), ext(y, layers)
+    marked = torch.zeros(1, 1, *hw)
+    marked[..., pixel[0], pixel[1]] = 1
+    reach = ext.receptive_max(marked, layers)
+    assert sorted(reach) == sorted(layers)
+    for n in layers:
+        depends = (fx[n] - fy[n]).abs().amax(1)[0] > 0
+        inside = reach[n][0, 0] > 0
+        assert reach[n].shape[-2:] == fx[n].shape[-2:], n
+        assert not bool((depends & ~inside).any()), n
+        assert int(depends.sum()) >= 0.5 * int(inside.sum()), n
+    assert int((reach["relu5_1"][0, 0] > 0).sum()) > 9  # relu5_1 sees 156 px: far beyond its own 16 px cell

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import nst_core
 from nst_core import ContentTarget, Settings, StyleTarget, optimize
 from nst_core import statistics as st
 from nst_core.targets import mask_at
@@ -60,6 +61,56 @@ def test_an_unmasked_style_covers_what_the_masks_leave(rand_ext, images):
     assert region_w2(rand_ext, out, rest, right) < 0.8 * region_w2(rand_ext, out, a, right)
     with pytest.raises(ValueError, match="more than one style target without a mask"):
         optimize(rand_ext, None, [rest, rest], init="noise", size=SIZE, settings=run_settings(steps=1))
+
+
+def test_no_style_reaches_a_pixel_that_no_mask_covers(rand_ext, images):
+    """The style term's gradient is exactly 0 on uncovered pixels, at every layer up to relu5_1 (whose
+    receptive field is 156 px), while it paints inside its mask; complementary masks are left as given."""
+    from nst_core.objective import Objective
+    from nst_core.targets import layer_masks
+
+    hw = (64, 96)
+    sky = torch.zeros(1, 1, *hw)
+    sky[..., :40, :] = 1
+    layers = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+    style = StyleTarget.create(rand_ext, images.checkerboard(64, 64), layers, mask=sky)
+    obj = Objective(rand_ext, Settings(autocast_bf16=False), hw, None, (style,))
+    x = images.noise(*hw, seed=2).requires_grad_(True)
+    obj.gradient(x)
+    g = x.grad.abs().sum(1)[0]
+    assert float(g[40:].max()) == 0.0 and float(g[:24].mean()) > 0
+    assert set(obj.terms) < {(0, n) for n in layers}  # relu5_1 cannot fit in 40 rows without reaching out
+    other = StyleTarget.create(rand_ext, images.stripes(64, 64), layers, mask=1 - sky)
+    grids = obj.geo.grid
+    for given, got in zip((sky, 1 - sky), layer_masks(rand_ext, (style, other), hw, grids)):
+        for n in layers:
+            assert torch.equal(got[n], mask_at(given, grids[n], torch.device("cpu")))
+
+
+def test_one_masked_style_leaves_the_rest_of_the_picture_alone(rand_ext, images):
+    """Issue 18: a single masked style, no unmasked one. Outside the mask the picture stays within twice
+    the distance by which 1e-4 noise on the content moves a content-only run (it was 5× that: a cast)."""
+    hw = (72, 96)
+    photo = 0.8 * images.gradient(*hw) + 0.2 * images.stripes(*hw, period=11)
+    sky = torch.zeros(1, 1, *hw)
+    sky[..., : int(0.35 * hw[0]), :] = 1
+    p = nst_core.get_preset("quality")
+    settings = p.settings.replace(steps=30, min_size=1 << 20, autocast_bf16=False)
+
+    def run(image, style=None):
+        return optimize(rand_ext, ContentTarget.create(rand_ext, image, p.content_layer), style, settings=settings)
+
+    noise = 1e-4 * torch.randn(photo.shape, generator=torch.Generator().manual_seed(0))
+    alone, noisy = run(photo), run((photo + noise).clamp(0, 1))
+    out = run(photo, StyleTarget.create(rand_ext, images.checkerboard(64, 64), p.style_layers, p.style_layer_weights,
+                                        mask=sky))
+    far = torch.zeros(hw, dtype=torch.bool)
+    far[int(0.6 * hw[0]):] = True  # the bottom 40 %
+    gray = lambda a, where: float((a - alone).abs().mean(1)[0][where].mean() * 255)  # noqa: E731
+    outside, floor, inside = gray(out, far), gray(noisy, far), gray(out, sky[0, 0] > 0)
+    print(f"\ngray levels from the content-only run: outside {outside:.1f}, inside {inside:.1f}; noise floor {floor:.1f}")
+    assert outside < 2 * floor
+    assert inside > 5 * outside
 
 
 def test_a_content_mask_holds_the_content_harder_where_it_is_white(rand_ext, images):
