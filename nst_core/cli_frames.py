@@ -145,8 +145,8 @@ class _Bar:
 
 @contextlib.contextmanager
 def ctrl_c_cancels() -> Iterator[Callable[[], bool]]:
-    """A cancel callable that turns true on the first Ctrl-C (the run stops at its next iteration);
-    a second Ctrl-C interrupts at once. The previous SIGINT handler comes back afterwards."""
+    """A cancel callable that turns true on the first Ctrl-C (the run stops at its next iteration, or
+    tile of a tiled scale); a second Ctrl-C interrupts at once. The previous SIGINT handler comes back afterwards."""
     hit = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield hit.is_set
@@ -157,7 +157,7 @@ def ctrl_c_cancels() -> Iterator[Callable[[], bool]]:
         if hit.is_set():
             raise KeyboardInterrupt
         hit.set()
-        print("\nnst: stopping after this iteration (Ctrl-C again to stop now)", file=sys.stderr)
+        print("\nnst: stopping after this iteration or tile (Ctrl-C again to stop now)", file=sys.stderr)
 
     signal.signal(signal.SIGINT, handler)
     try:
