@@ -22,8 +22,8 @@ _OCCLUSION_ABS = 0.5
 _BOUNDARY_REL = 0.01
 _BOUNDARY_ABS = 0.002
 
-INSTALL_HINT = ('optical flow needs OpenCV: pip install "vgg-style-transfer-nodes[video]" '
-                "(or opencv-python-headless / opencv-python)")
+INSTALL_HINT = ('optical flow needs OpenCV: pip install opencv-python (or, in a clone of this repository, '
+                'pip install ".[video]")')
 
 
 def _cv2():
@@ -32,6 +32,11 @@ def _cv2():
     except ImportError:
         raise ImportError(INSTALL_HINT) from None
     return cv2
+
+
+def require_opencv() -> None:
+    """Raise ImportError with :data:`INSTALL_HINT` unless OpenCV can be imported (call it before any work)."""
+    _cv2()
 
 
 def _gray_u8(image: torch.Tensor, name: str) -> np.ndarray:
@@ -69,28 +74,56 @@ def _as_batch_flow(flow: torch.Tensor, batch: int) -> torch.Tensor:
     return flow.expand(batch, -1, -1, -1) if flow.shape[0] == 1 else flow
 
 
+def _sample_at(flow: torch.Tensor, h: int, w: int) -> "tuple[torch.Tensor, torch.Tensor]":
+    """Where each pixel samples: ``(x + flow_x, y + flow_y)``, each ``[B,H,W]``."""
+    ys = torch.arange(h, device=flow.device, dtype=flow.dtype).view(h, 1)
+    xs = torch.arange(w, device=flow.device, dtype=flow.dtype).view(1, w)
+    return xs + flow[:, 0], ys + flow[:, 1]
+
+
 def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Sample ``image`` (``[B,C,H,W]``) at ``x + flow(x)`` (bilinear, edges repeated): ``[B,C,H,W]``."""
+    """Sample ``image`` (``[B,C,H,W]``) at ``x + flow(x)``, bilinearly: ``[B,C,H,W]``.
+
+    Exact for whole-pixel flows (a zero flow returns the image bit for bit). A pixel whose sample falls
+    outside the image gets the nearest edge value; it has nothing to carry, and
+    :func:`consistency_mask` leaves it out.
+    """
     if image.dim() != 4:
         raise ValueError(f"image to warp must have shape [B,C,H,W]; got {list(image.shape)}")
-    b, _, h, w = image.shape
+    b, c, h, w = image.shape
     flow = _as_batch_flow(flow.to(image.device, image.dtype), b)
     if tuple(flow.shape[-2:]) != (h, w):
         raise ValueError(f"flow is {flow.shape[-1]}×{flow.shape[-2]} but the image is {w}×{h}; give the same size")
-    ys, xs = torch.meshgrid(torch.arange(h, device=image.device, dtype=image.dtype),
-                            torch.arange(w, device=image.device, dtype=image.dtype), indexing="ij")
-    gx = (xs + flow[:, 0]) * (2 / max(w - 1, 1)) - 1
-    gy = (ys + flow[:, 1]) * (2 / max(h - 1, 1)) - 1
-    grid = torch.stack([gx, gy], dim=-1)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    x, y = _sample_at(flow, h, w)
+    x, y = x.clamp(0, w - 1), y.clamp(0, h - 1)
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = (x - x0).unsqueeze(1), (y - y0).unsqueeze(1)
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    flat = image.reshape(b, c, h * w)
+
+    def at(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+        return flat.gather(2, (yy * w + xx).view(b, 1, h * w).expand(b, c, h * w)).view(b, c, h, w)
+
+    top = at(y0, x0) * (1 - fx) + at(y0, x1) * fx
+    bottom = at(y1, x0) * (1 - fx) + at(y1, x1) * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def leaves_frame(flow: torch.Tensor) -> torch.Tensor:
+    """``[1,H,W]`` bool: pixels whose flow (``[2,H,W]``) points outside the frame it samples."""
+    h, w = flow.shape[-2:]
+    x, y = _sample_at(_as_batch_flow(flow.float(), 1), h, w)
+    return (x < 0) | (x > w - 1) | (y < 0) | (y > h - 1)
 
 
 def consistency_mask(forward: torch.Tensor, backward: torch.Tensor) -> torch.Tensor:
     """Where frame t's pixels can trust frame t-1 warped into it: ``[1,H,W]`` of 0/1.
 
     ``backward`` is the flow from frame t to t-1 (the one used for warping), ``forward`` from t-1 to t.
-    0 marks disocclusions (the forward flow, carried to frame t, is not the opposite of the backward
-    flow: ``|w̃ + ŵ|² > 0.01(|w̃|² + |ŵ|²) + 0.5``) and motion boundaries
+    0 marks pixels new to frame t: those whose backward flow leaves frame t-1 (scene entering at an
+    edge) and disocclusions (the forward flow, carried to frame t, is not the opposite of the backward
+    flow: ``|w̃ + ŵ|² > 0.01(|w̃|² + |ŵ|²) + 0.5``); and motion boundaries
     (``|∇û|² + |∇v̂|² > 0.01|ŵ|² + 0.002``), as in Ruder et al. 2016.
     """
     if forward.shape != backward.shape or forward.dim() != 3 or forward.shape[0] != 2:
@@ -105,7 +138,7 @@ def consistency_mask(forward: torch.Tensor, backward: torch.Tensor) -> torch.Ten
         dy = F.pad(comp[1:, :] - comp[:-1, :], (0, 0, 0, 1))
         grad = grad + dx**2 + dy**2
     boundary = grad > _BOUNDARY_REL * (bwd**2).sum(0) + _BOUNDARY_ABS
-    return (~(occluded | boundary)).float().unsqueeze(0)
+    return (~(occluded | boundary | leaves_frame(bwd)[0])).float().unsqueeze(0)
 
 
 def flow_and_mask(previous: torch.Tensor, current: torch.Tensor,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from nst_core.flow import consistency_mask, estimate_flow, flow_and_mask, warp
+from nst_core.flow import consistency_mask, estimate_flow, flow_and_mask, leaves_frame, warp
 
 from conftest import require_extra
 
@@ -81,11 +81,35 @@ def test_consistency_mask_frees_disocclusions_only():
     assert float(mask[0, 22:42, 30:36].mean()) < 0.5  # the strip uncovered at the square's old left edge
 
 
-def test_consistency_mask_of_opposite_uniform_flows_is_all_trusted():
+def test_consistency_mask_of_opposite_uniform_flows_frees_only_the_entering_columns():
     fwd = torch.zeros(2, 16, 16)
-    fwd[0] = 2.0
+    fwd[0] = 2.0  # the scene moves 2 px right: frame t's two left columns were outside frame t-1
     mask = consistency_mask(fwd, -fwd)
-    assert float(mask[:, :, :-3].min()) == 1.0
+    assert float(mask[:, :, 2:].min()) == 1.0
+    assert float(mask[:, :, :2].max()) == 0.0
+    up = torch.zeros(2, 16, 16)
+    up[1] = -3.0  # 3 px up: the bottom three rows are new
+    mask = consistency_mask(up, -up)
+    assert float(mask[:, :-3].min()) == 1.0 and float(mask[:, -3:].max()) == 0.0
+
+
+def test_a_pan_with_real_flow_trusts_none_of_the_newly_revealed_columns():
+    big = texture()
+    prev, cur = shifted(big, 0, 0), shifted(big, 6, 0)  # the camera pans right: 6 columns enter at the right
+    backward, mask = flow_and_mask(prev, cur)
+    assert float(mask[0, 8:-8, -6:].max()) == 0.0  # nothing there was in the previous frame
+    assert float(mask[0, 8:-8, 8:-12].mean()) > 0.95  # the rest is trusted
+    assert bool(leaves_frame(backward)[0, 8:-8, -6:].all())
+
+
+def test_warp_by_a_zero_flow_is_exact_and_out_of_frame_samples_take_the_edge():
+    img = texture(24, 32)
+    assert torch.equal(warp(img, torch.zeros(2, 24, 32)), img)
+    flow = torch.zeros(2, 24, 32)
+    flow[1] = -1.5  # half-way between rows, 1.5 rows up
+    out = warp(img, flow)
+    assert torch.allclose(out[..., 2:, :], 0.5 * (img[..., :-2, :] + img[..., 1:-1, :]), atol=1e-6)
+    assert torch.equal(out[..., 0, :], img[..., 0, :])  # above the frame: the edge row
 
 
 @pytest.mark.parametrize("bad, message", [
