@@ -7,6 +7,7 @@ without it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # encoders tried in order for each container (the first one this FFmpeg build has wins)
 _CODECS = {".webm": ("libvpx-vp9", "libvpx"), ".avi": ("mpeg4", "mjpeg")}
 _DEFAULT_CODECS = ("libx264", "h264", "mpeg4")
-INSTALL_HINT = 'video files need PyAV: pip install "vgg-style-transfer-nodes[video]" (or av)'
+INSTALL_HINT = 'video files need PyAV: pip install av (or, in a clone of this repository, pip install ".[video]")'
 
 
 def _av():
@@ -32,6 +33,11 @@ def _av():
     except ImportError:
         raise ImportError(INSTALL_HINT) from None
     return av
+
+
+def require_av() -> None:
+    """Raise ImportError with :data:`INSTALL_HINT` unless PyAV can be imported (call it before any work)."""
+    _av()
 
 
 def is_video_path(path: str) -> bool:
@@ -44,11 +50,14 @@ def _natural_key(name: str) -> list:
 
 
 def list_images(folder: str) -> List[str]:
-    """Image files in ``folder`` in name order (numbers by value: frame2 before frame10)."""
+    """Image files in ``folder`` in name order (numbers by value: frame2 before frame10).
+
+    Hidden files (a leading dot, such as a writer's unfinished ``.tmp_*``) are not frames.
+    """
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"frames folder not found: {folder!r}")
-    names = [n for n in os.listdir(folder)
-             if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n))]
+    names = [n for n in os.listdir(folder) if not n.startswith(".")
+             and n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n))]
     return [os.path.join(folder, n) for n in sorted(names, key=_natural_key)]
 
 
@@ -94,6 +103,17 @@ class FrameSource:
             for arr in read_video(self.path):
                 yield at_size(arr, size)
 
+    def digest(self) -> str:
+        """A digest of the input's bytes (every image of a folder in order, or the video file): what
+        identifies the input, whatever its name."""
+        h = hashlib.sha1()
+        for path in self.files if self.files is not None else [self.path]:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            h.update(b"\0")  # a boundary between files
+        return h.hexdigest()
+
 
 def open_frames(path: str, fps: Optional[float] = None) -> FrameSource:
     """A :class:`FrameSource` for a folder of images or a video file; ``fps`` for a folder (default 25)."""
@@ -114,9 +134,13 @@ def open_frames(path: str, fps: Optional[float] = None) -> FrameSource:
                 raise ValueError(f"{path!r} has no video stream")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate or Fraction(25)
-            count = int(stream.frames) or sum(1 for _ in container.decode(stream))  # some containers don't say
+            stream.thread_type = "AUTO"
+            # decoded, not read from the header: a header's count can be missing or wrong (edited or cut files)
+            count = sum(1 for _ in container.decode(stream))
     except av.error.FFmpegError as exc:
         raise ValueError(f"{path!r} is not a video file PyAV can read: {exc}") from None
+    if count == 0:
+        raise ValueError(f"{path!r} holds no video frames that can be decoded")
     return FrameSource(path, None, count, Fraction(fps).limit_denominator(1001) if fps else Fraction(rate))
 
 
@@ -139,33 +163,109 @@ def _codec(path: str) -> str:
     raise ValueError(f"no video encoder for {path!r} in this PyAV build; write PNG frames into a folder instead")
 
 
-def write_video(path: str, frames: Iterable[np.ndarray], fps: "Fraction | float" = 25) -> int:
+class _AudioCarry:
+    """The first audio stream of a source video, carried into an output container alongside the new video.
+
+    Packets are copied as they are when the output container takes their codec, else decoded and
+    re-encoded with the container's default audio codec. Timestamps keep their offset from the
+    source's first video frame, so sound and picture stay in step.
+    """
+
+    def __init__(self, av, source: str, container) -> None:
+        self.container, self.out = container, None
+        self.source = av.open(source)
+        if not self.source.streams.audio:
+            return
+        a = self.source.streams.audio[0]
+        video = self.source.streams.video
+        start = video[0].start_time if video and video[0].start_time is not None else 0
+        self.offset = int(round(start * video[0].time_base / a.time_base)) if video else 0
+        self.copy = a.codec_context.name in container.supported_codecs
+        if self.copy:
+            self.out = container.add_stream_from_template(a)
+        else:
+            name = container.default_audio_codec
+            rates = av.codec.Codec(name, "w").audio_rates  # e.g. Opus: 48 kHz only
+            rate = a.rate if not rates or a.rate in rates else max(rates)
+            self.out = container.add_stream(name, rate=rate, layout=a.layout.name)
+        self.packets = self.source.demux(a)
+        self.time_base = a.time_base
+        self.pending = None
+
+    def until(self, seconds: Optional[float]) -> None:
+        """Mux the audio up to ``seconds`` of the output (None: all that is left)."""
+        if self.out is None:
+            return
+        while True:
+            packet = self.pending or next(self.packets, None)
+            self.pending = None
+            if packet is None:
+                break
+            if packet.size == 0 or packet.pts is None:
+                continue
+            if seconds is not None and (packet.pts - self.offset) * self.time_base > seconds:
+                self.pending = packet
+                return
+            if self.copy:
+                packet.pts -= self.offset
+                packet.dts = packet.dts - self.offset if packet.dts is not None else None
+                packet.stream = self.out
+                self.container.mux(packet)
+            else:
+                for frame in packet.decode():
+                    frame.pts = None  # the encoder numbers its own samples
+                    self.container.mux(self.out.encode(frame))
+
+    def close(self) -> None:
+        """Mux what is left, flush an encoder, and close the source."""
+        try:
+            self.until(None)
+            if self.out is not None and not self.copy:
+                self.container.mux(self.out.encode(None))
+        finally:
+            self.source.close()
+
+
+def write_video(path: str, frames: Iterable[np.ndarray], fps: "Fraction | float" = 25,
+                audio_from: Optional[str] = None) -> int:
     """Encode uint8 frames (all one size) into ``path`` (codec from the extension); returns the frame count.
 
-    4:2:0 video needs even sides: an odd last row or column is dropped.
+    ``audio_from``: a video file whose first audio stream (if any) goes into the output too (copied,
+    or re-encoded where the container needs another codec). 4:2:0 video needs even sides: an odd last
+    row or column is dropped.
     """
     av = _av()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     codec = _codec(path)
+    rate = Fraction(fps).limit_denominator(1001)
     n = 0
     with av.open(str(path), mode="w") as container:
-        stream = None
-        for arr in frames:
-            h, w = (arr.shape[0] // 2) * 2, (arr.shape[1] // 2) * 2
+        stream = audio = None
+        try:
+            for arr in frames:
+                h, w = (arr.shape[0] // 2) * 2, (arr.shape[1] // 2) * 2
+                if stream is None:
+                    stream = container.add_stream(codec, rate=rate)
+                    stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+                    if codec == "libx264":
+                        stream.options = {"crf": "17", "preset": "medium"}
+                    if audio_from is not None:  # every stream is added before the first packet
+                        audio = _AudioCarry(av, audio_from, container)
+                elif (h, w) != (stream.height, stream.width):
+                    raise ValueError(f"frame {n} is {arr.shape[1]}×{arr.shape[0]} px but the video is "
+                                     f"{stream.width}×{stream.height}; all frames must have one size")
+                if audio is not None:
+                    audio.until(float(n / rate))
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr[:h, :w]), format="rgb24")
+                container.mux(stream.encode(frame))
+                n += 1
             if stream is None:
-                stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-                stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-                if codec == "libx264":
-                    stream.options = {"crf": "17", "preset": "medium"}
-            elif (h, w) != (stream.height, stream.width):
-                raise ValueError(f"frame {n} is {arr.shape[1]}×{arr.shape[0]} px but the video is "
-                                 f"{stream.width}×{stream.height}; all frames must have one size")
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr[:h, :w]), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-            n += 1
-        if stream is None:
-            raise ValueError(f"no frames to write into {path!r}")
-        for packet in stream.encode():
-            container.mux(packet)
+                raise ValueError(f"no frames to write into {path!r}")
+            container.mux(stream.encode())
+            if audio is not None:
+                audio.close()
+                audio = None
+        finally:
+            if audio is not None:
+                audio.source.close()
     return n

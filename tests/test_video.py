@@ -106,3 +106,75 @@ def test_cli_frames_from_a_video_to_a_video_and_to_a_folder(tmp_path):
     assert sorted(os.listdir(folder)) == [f"frame_{i:05d}.png" for i in range(4)] + ["nst_frames.json"]
     first = np.asarray(Image.open(folder / "frame_00000.png"))
     assert float(np.abs(first.astype(float) - back[0]).mean()) < 12  # the same frames went into the video
+
+
+def test_hidden_files_are_not_frames(tmp_path):
+    for name in ("f1.png", ".tmp_99_ab_f2.png", ".hidden.png"):
+        Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / name)
+    assert [os.path.basename(p) for p in list_images(str(tmp_path))] == ["f1.png"]
+
+
+def test_a_video_is_counted_by_decoding_not_by_its_header(tmp_path):
+    path = str(tmp_path / "cut.mp4")
+    with av.open(path, "w", options={"movflags": "faststart"}) as c:  # the header (frame count) comes first
+        s = c.add_stream("mpeg4", rate=10)
+        s.width, s.height, s.pix_fmt = 48, 32, "yuv420p"
+        for f in moving_frames(10):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode())
+    with av.open(path) as c:
+        assert c.streams.video[0].frames == 10
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) * 2 // 3])  # a file cut short: its header still says 10
+    decodable = len(list(read_video(path)))
+    assert 0 < decodable < 10
+    assert open_frames(path).count == decodable
+
+
+def _with_sound(path: str, n: int = 10, fps: int = 10, rate: int = 22050) -> None:
+    """A video with an A4 sine as its sound (AAC), one second for 10 frames."""
+    with av.open(path, "w") as c:
+        v = c.add_stream("mpeg4", rate=fps)
+        v.width, v.height, v.pix_fmt = 48, 32, "yuv420p"
+        a = c.add_stream("aac", rate=rate)
+        a.layout = "mono"
+        per = rate // fps
+        for t, f in enumerate(moving_frames(n)):
+            c.mux(v.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+            wave = 0.3 * np.sin(2 * np.pi * 440 * (np.arange(per) + t * per) / rate)
+            frame = av.AudioFrame.from_ndarray(wave.astype(np.float32)[None], format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = rate, t * per
+            c.mux(a.encode(frame))
+        c.mux(v.encode())
+        c.mux(a.encode())
+
+
+def _sound_seconds(path: str) -> float:
+    with av.open(path) as c:
+        if not c.streams.audio:
+            return 0.0
+        return sum(f.samples / f.sample_rate for f in c.decode(audio=0))
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".webm"])  # AAC copied into MP4; re-encoded (Opus) for WebM
+def test_the_sound_of_the_input_goes_into_the_output_video(tmp_path, ext):
+    src = str(tmp_path / "in.mp4")
+    _with_sound(src)
+    out = str(tmp_path / f"out{ext}")
+    assert write_video(out, read_video(src), 10, audio_from=src) == 10
+    assert _sound_seconds(out) == pytest.approx(_sound_seconds(src), abs=0.08)
+    assert len(list(read_video(out))) == 10
+    silent = str(tmp_path / f"silent{ext}")
+    write_video(silent, read_video(src), 10)
+    assert _sound_seconds(silent) == 0.0
+
+
+def test_cli_frames_keeps_the_sound(tmp_path):
+    pytest.importorskip("cv2")
+    src = str(tmp_path / "in.mp4")
+    _with_sound(src, n=3)
+    style = tmp_path / "style.png"
+    Image.fromarray(to_u8(stripes_image(48, 48))).save(style)
+    out = str(tmp_path / "out.mp4")
+    assert main(["frames", src, str(style), "-o", out, *ARGS]) == 0
+    assert _sound_seconds(out) == pytest.approx(_sound_seconds(src), abs=0.08)
