@@ -70,6 +70,15 @@ def _tile_option(p: argparse.ArgumentParser) -> None:
                         "image); auto (default): tiles only when the whole image would not fit in free memory")
 
 
+def _mask_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--style-mask", nargs="+", metavar="MASK",
+                   help="one grayscale image per style image, in the same order: each style paints where its "
+                        "mask is white (regions instead of a blend)")
+    p.add_argument("--content-mask", metavar="MASK", help="grayscale image: hold the content harder where white")
+    p.add_argument("--content-mask-strength", type=nonneg_float, default=4.0,
+                   help="where the content mask is white the content loss counts 1 + this many times (default 4)")
+
+
 def _style_layer_weights(p: argparse.ArgumentParser) -> None:
     p.add_argument("--style-layer-weights", type=nonneg_float, nargs="+", metavar="W",
                    help="one weight per style layer (default: the preset's for its layers, equal otherwise)")
@@ -88,12 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--style-weight", type=nonneg_float)
     t.add_argument("--style-blend", type=nonneg_float, nargs="+", metavar="W", help="one weight per style image")
     t.add_argument("--style-scale", type=float, default=1.0, help="style features scale relative to the output")
-    t.add_argument("--style-mask", nargs="+", metavar="MASK",
-                   help="one grayscale image per style image, in the same order: each style paints where its "
-                        "mask is white (regions instead of a blend)")
-    t.add_argument("--content-mask", metavar="MASK", help="grayscale image: hold the content harder where white")
-    t.add_argument("--content-mask-strength", type=nonneg_float, default=4.0,
-                   help="where the content mask is white the content loss counts 1 + this many times (default 4)")
+    _mask_options(t)
     t.add_argument("--content-layer", help="layer whose activations are the content target (e.g. relu4_2)")
     t.add_argument("--style-layers", help="comma list of style layers (e.g. relu1_1,relu2_1,relu3_1)")
     _style_layer_weights(t)
@@ -125,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_frames import add_frames_parser, add_ray_options  # frames, folders and --ray
 
     add_ray_options(t, frames=False)
-    add_frames_parser(sub, _common, _style_layer_weights)
+    add_frames_parser(sub, _common, _style_layer_weights, _mask_options, _tile_option)
     from .cli_explore import add_explore_parser  # the layer explorer grid
 
     add_explore_parser(sub)

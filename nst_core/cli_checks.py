@@ -19,6 +19,7 @@ from PIL import Image
 from .cli_args import pick_device
 from .cli_frames import handles
 from .explore import check_grid
+from .distributed import INSTALL_HINT as RAY_INSTALL_HINT
 from .flow import INSTALL_HINT as FLOW_INSTALL_HINT
 from .image import probe_image, require_file
 from .layers import parse_layers
@@ -32,6 +33,8 @@ DEFAULT_MAX_SIZE = Settings().max_size
 def check_command(args: argparse.Namespace) -> None:
     """Refuse a bad ``nst`` command line (a ValueError or OSError saying what to fix) before any work."""
     folder_job = handles(args)  # frames, or transfer on a folder or with --ray
+    if getattr(args, "ray", None) and not installed("ray"):
+        raise ValueError(RAY_INSTALL_HINT)
     for what, path in _input_images(args):
         probe_image(path, what)
     if args.command == "frames":
@@ -103,7 +106,7 @@ def _check_frames_input(path: str) -> None:
 
 
 def installed(module: str) -> bool:
-    """Whether an optional package (``av``, ``cv2``) can be imported, without importing it."""
+    """Whether an optional package (``av``, ``cv2``, ``ray``) can be imported, without importing it."""
     return importlib.util.find_spec(module) is not None
 
 

@@ -20,19 +20,21 @@ import sys
 import threading
 from typing import Any, Callable, Dict, Iterator, Optional
 
-from .frames import DEFAULT_TEMPORAL_WEIGHT, FramesProgress
+import numpy as np
+
+from .frames import DEFAULT_TEMPORAL_WEIGHT, METHOD, FramesProgress
 from .jobs import (EngineSpec, FrameFolder, build_engine, load_still, run_frames_local, still_output,
                    still_task, write_png_atomic)
 from .optimizer import Cancelled
 from .presets import DEFAULT_PRESET, INITS, PRESETS, Settings
 from .statistics import STATISTICS
-from .image import load_image
+from .image import load_image, load_mask
 from .video import IMAGE_EXTENSIONS, is_video_path, list_images, open_frames, to_u8, write_video
 from .cli_args import nonneg_float, pick_device, positive_int, style_layers_and_weights
 from .cli_plan import planned_job
 
-DEFAULT_CHUNK = 12  # frames per Ray task
-DEFAULT_LEAD_IN = 2  # frames each Ray task runs before its chunk, outputs dropped
+DEFAULT_CHUNK = 24  # frames per Ray task: a 4-frame lead-in costs a sixth more
+DEFAULT_LEAD_IN = 4  # frames a chunk (or a rerun without a kept path) runs before its first one, outputs dropped
 
 
 def add_ray_options(p: argparse.ArgumentParser, frames: bool) -> None:
@@ -47,12 +49,16 @@ def add_ray_options(p: argparse.ArgumentParser, frames: bool) -> None:
         p.add_argument("--chunk-size", type=positive_int, metavar="N",
                        help=f"frames per task (default: {DEFAULT_CHUNK} with --ray, all frames in one pass without)")
         p.add_argument("--lead-in", type=int, metavar="N",
-                       help=f"frames a chunk runs before its first one to settle, outputs dropped (default {DEFAULT_LEAD_IN})")
+                       help=f"frames a chunk runs before its first one, outputs dropped, so it joins the chunk "
+                            f"before without a jump (default {DEFAULT_LEAD_IN})")
 
 
 def add_frames_parser(sub: "argparse._SubParsersAction", common: Callable[[argparse.ArgumentParser, str], None],
-                      style_layer_weights: Optional[Callable[[argparse.ArgumentParser], None]] = None) -> None:
-    """The ``frames`` subcommand; ``common`` adds the options every command shares."""
+                      style_layer_weights: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+                      masks: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+                      tile: Optional[Callable[[argparse.ArgumentParser], None]] = None) -> None:
+    """The ``frames`` subcommand; ``common`` adds the options every command shares, and the others
+    the options ``transfer`` has too (style layer weights, region masks, tiles)."""
 
     f = sub.add_parser("frames", help="stylise a sequence (a folder of frames or a video) without flicker")
     f.add_argument("input", help="a folder of frames (name order) or a video file")
@@ -70,8 +76,9 @@ def add_frames_parser(sub: "argparse._SubParsersAction", common: Callable[[argpa
     f.add_argument("--style-scale", type=float, default=1.0)
     f.add_argument("--content-layer", help="layer whose activations are the content target (e.g. relu4_2)")
     f.add_argument("--style-layers", help="comma list of style layers (e.g. relu1_1,relu2_1,relu3_1)")
-    if style_layer_weights is not None:
-        style_layer_weights(f)
+    for add in (style_layer_weights, masks, tile):
+        if add is not None:
+            add(f)
     f.add_argument("--statistic", choices=STATISTICS)
     common(f, "content")
     f._option_string_actions["-o"].help = ("output folder (frame_00000.png …) or video file "
@@ -97,6 +104,11 @@ def spec_from_args(args: argparse.Namespace) -> EngineSpec:
                     content_weight=args.content_weight, style_weight=args.style_weight,
                     checkpoint=args.checkpoint or None, compile=args.compile or None,
                     autocast_bf16=args.bf16, max_size=None if args.max_size == Settings.max_size else args.max_size)
+    style_masks = getattr(args, "style_mask", None)
+    if style_masks is not None and len(style_masks) != len(args.styles):
+        raise ValueError(f"got {len(style_masks)} --style-mask file(s) for {len(args.styles)} style image(s); "
+                         "give one mask per style image, in the same order")
+    content_mask = getattr(args, "content_mask", None)
     return EngineSpec(
         styles=tuple(to_u8(load_image(s)) for s in args.styles),
         preset=args.preset,
@@ -107,6 +119,10 @@ def spec_from_args(args: argparse.Namespace) -> EngineSpec:
         statistic=args.statistic,
         style_blend=tuple(args.style_blend) if args.style_blend else None,
         style_scale=args.style_scale,
+        style_masks=tuple(_mask_u8(m) for m in style_masks) if style_masks is not None else None,
+        content_mask=_mask_u8(content_mask) if content_mask is not None else None,
+        content_mask_strength=getattr(args, "content_mask_strength", 4.0),
+        tile=getattr(args, "tile", 0),
         temporal_weight=getattr(args, "temporal_weight", 0.0),
         size=args.size,
         init=args.init,
@@ -117,6 +133,11 @@ def spec_from_args(args: argparse.Namespace) -> EngineSpec:
         padding=getattr(args, "edge_padding", "replicate"),
         device=args.device,
     )
+
+
+def _mask_u8(path: str) -> np.ndarray:
+    """A mask file as an H×W uint8 array (white = 255), for the job's spec."""
+    return load_mask(path).squeeze().mul(255).round().byte().numpy()
 
 
 class _Bar:
@@ -182,27 +203,24 @@ def run_frames(args: argparse.Namespace) -> None:
     if stop:  # --plan: said, nothing written
         return
     out = FrameFolder(_work_folder(args.output))
-    recipe = {"input": os.path.basename(os.path.normpath(args.input)), "frames": source.count, **spec.describe(),
+    recipe = {"input": source.digest(), "frames": source.count, "method": METHOD, **spec.describe(),
               "spec": spec.key()}
     out.check_manifest(recipe, args.overwrite)
     frames = source.frames(args.size)
+    lead_in = DEFAULT_LEAD_IN if args.lead_in is None else args.lead_in
     bar = _Bar(args.quiet, "frame" if args.ray else "it")
     try:
         if args.ray:
             from .distributed import run_frames_ray
 
-            run_frames_ray(spec, frames, source.count, out, args.chunk_size or DEFAULT_CHUNK,
-                           DEFAULT_LEAD_IN if args.lead_in is None else args.lead_in, args.ray, args.max_retries,
-                           progress=lambda done, total: bar.update(done, total))
+            run_frames_ray(spec, frames, source.count, out, args.chunk_size or DEFAULT_CHUNK, lead_in, args.ray,
+                           args.max_retries, progress=lambda done, total: bar.update(done, total))
         else:
-
-            pick_device(args.device)  # a clear error for an unavailable device
             with ctrl_c_cancels() as cancel:
                 def on_progress(done: int, total: int, p: FramesProgress) -> None:
                     bar.update(done, total, p.losses, frame=p.frame)
 
                 try:
-                    lead_in = (DEFAULT_LEAD_IN if args.lead_in is None else args.lead_in) if args.chunk_size else 0
                     run_frames_local(engine or spec, frames, source.count, out, args.chunk_size, lead_in,
                                      on_progress, cancel)
                 except Cancelled:
@@ -217,7 +235,8 @@ def run_frames(args: argparse.Namespace) -> None:
     if missing:
         raise ValueError(f"{len(missing)} frame(s) are still missing (first: {missing[0]}); run the command again")
     if is_video_path(args.output):
-        write_video(args.output, (out.read(i) for i in range(source.count)), source.fps)
+        audio = args.input if is_video_path(args.input) else None  # the input's sound goes along
+        write_video(args.output, (out.read(i) for i in range(source.count)), source.fps, audio_from=audio)
         if not args.keep_frames:
             shutil.rmtree(out.path)
 

@@ -1,6 +1,7 @@
 """Ray at the command's edge: chunks of frames, or a folder of stills, as Ray tasks.
 
-The only module that imports Ray, and only when called (``pip install "vgg-style-transfer-nodes[ray]"``).
+The only module that imports Ray, and only when called (``pip install ray``, or ``pip install ".[ray]"``
+in a clone of the repository).
 A task is a call of :func:`nst_core.jobs.frames_task` or :func:`nst_core.jobs.still_task` on plain
 values: the driver reads the inputs and sends them as uint8 arrays, the tasks send their outputs
 back, and the driver writes them as they land (so the workers need no shared disk, only the same
@@ -20,7 +21,7 @@ import numpy as np
 from .jobs import (ChunkTask, EngineSpec, FrameFolder, frames_task, load_still, plan_chunks, still_output,
                    still_task, windows, write_png_atomic)
 
-INSTALL_HINT = 'the --ray option needs Ray: pip install "vgg-style-transfer-nodes[ray]" (or ray)'
+INSTALL_HINT = 'the --ray option needs Ray: pip install ray (or, in a clone of this repository, pip install ".[ray]")'
 DEFAULT_MAX_RETRIES = 3
 
 FramesFn = Callable[..., List[np.ndarray]]
@@ -122,16 +123,19 @@ def run_frames_ray(spec: EngineSpec, frames: Iterable[np.ndarray], count: int, o
     """Make the missing frames of a sequence as Ray tasks, one per chunk; returns how many were written.
 
     ``frames`` are the ``count`` inputs (uint8, at the output size), read once by the driver. Each
-    chunk of ``chunk_size`` frames starts ``lead_in`` frames early (outputs dropped). ``task_fn``
-    replaces :func:`nst_core.jobs.frames_task` as the task body (same arguments; for tests).
+    chunk of ``chunk_size`` frames starts ``lead_in`` frames early (outputs dropped), exactly as a
+    local run with the same chunk size does, so both give the same frames. ``progress(done, count)``
+    counts the clip's frames, those already written included. ``task_fn`` replaces
+    :func:`nst_core.jobs.frames_task` as the task body (same arguments; for tests).
     """
     if max_retries < 0:
         raise ValueError(f"max_retries must be ≥ 0; got {max_retries}")
-    tasks = plan_chunks(count, chunk_size, lead_in, out.has)
+    tasks = plan_chunks(count, chunk_size, lead_in, out.has, out.has_path)
     if not tasks:
+        out.clear_paths()
         return 0
-    todo = sum(t.stop - t.first for t in tasks)
-    landed = written = 0
+    landed = count - sum(t.stop - t.first for t in tasks)  # written before this run
+    written = 0
 
     def on_result(task: ChunkTask, outputs: List[np.ndarray]) -> None:
         nonlocal landed, written
@@ -143,7 +147,7 @@ def run_frames_ray(spec: EngineSpec, frames: Iterable[np.ndarray], count: int, o
                 written += 1
             landed += 1
         if progress is not None:
-            progress(landed, todo)
+            progress(landed, count)
 
     with Cluster(address, **init_kwargs) as cluster:
         ray = cluster.ray
@@ -155,13 +159,14 @@ def run_frames_ray(spec: EngineSpec, frames: Iterable[np.ndarray], count: int, o
         pending: Dict[Any, ChunkTask] = {}
         try:
             for task, window in zip(tasks, windows(frames, [(t.input_start, t.stop) for t in tasks])):
-                previous = out.read(task.first - 1) if task.carry else None
+                previous = out.read_path(task.first - 1) if task.carry else None
                 pending[remote.remote(body, spec_ref, task, list(window), previous)] = task
                 _drain(ray, pending, in_flight - 1, on_result)
             _drain(ray, pending, 0, on_result)
         except BaseException:
             _cancel(ray, pending)
             raise
+    out.clear_paths()
     return written
 
 

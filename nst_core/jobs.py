@@ -5,18 +5,25 @@ functions here: :func:`frames_task` makes one chunk of frames, :func:`still_task
 travels as plain values (an :class:`EngineSpec` and uint8 frames), so a task can run anywhere; the
 engine is built once per process and reused by the next task with the same spec.
 
-Resuming: every finished frame is a PNG in the output folder (written atomically). A rerun plans
-only the chunks with missing frames; a chunk that stopped part-way carries on from its last written
-frame, read back from disk. Stylised frames are carried on at 8-bit precision
-(:func:`nst_core.frames.quantize`), so a resumed run writes exactly what an uninterrupted one would.
+Chunks: a frame carries on from the path of the frame before (:mod:`nst_core.frames`), so a chunk
+made apart from the one before it enters through a lead-in of a few frames, run from scratch and
+dropped: the path forgets where it started (to about 0.6 a frame, BENCHMARKS.md), and the chunk
+meets the frames the previous chunk wrote without a jump. Chunks in parallel (Ray) and one after
+another (``--chunk-size``) are planned alike and give the same frames.
+
+Resuming: every finished frame is a PNG in the output folder (written atomically, with the usual
+permissions). A rerun plans only the chunks with missing frames. A run that stops keeps the path of
+its last written frame (a hidden ``.path_*.npz``), and the rerun carries on from it exactly; without
+it (a killed process) the chunk walks its first frames again, or enters through a lead-in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -25,16 +32,17 @@ import torch
 from PIL import Image
 
 from .extractor import Extractor, load_extractor
-from .frames import DEFAULT_TEMPORAL_WEIGHT, FramesProgress, stylize_frames
+from .frames import DEFAULT_TEMPORAL_WEIGHT, FrameState, FramesProgress, stylize_frames
 from .image import load_image
 from .layers import parse_layers
-from .optimizer import CancelFn, optimize, validate_settings
-from .presets import DEFAULT_PRESET, Settings, get_preset
+from .optimizer import CancelFn, optimize, style_regions, validate_settings
+from .presets import DEFAULT_PRESET, Settings, get_preset, settings_for
 from .targets import ContentTarget, StyleTarget
-from .recipes import transfer
+from .recipes import style_targets, transfer
 from .video import from_u8, to_u8
 
 FRAME_NAME = "frame_{:05d}.png"
+PATH_NAME = ".path_{:05d}.npz"  # the path a frame left, saved when a run stops (hidden: not a frame)
 MANIFEST = "nst_frames.json"
 
 
@@ -55,6 +63,10 @@ class EngineSpec:
     statistic: Optional[str] = None
     style_blend: Optional[Tuple[float, ...]] = None
     style_scale: float = 1.0
+    style_masks: Optional[Tuple[np.ndarray, ...]] = None  # one H×W uint8 region mask per style image
+    content_mask: Optional[np.ndarray] = None  # H×W uint8: hold the content harder where white
+    content_mask_strength: float = 4.0
+    tile: "int | str" = 0  # Settings.tile: 0/'auto' (planned by optimize on the worker, image by image), 'off', px
     temporal_weight: float = DEFAULT_TEMPORAL_WEIGHT
     size: Optional[int] = None  # long edge of the outputs (inputs are resized to it when read)
     init: str = "content"
@@ -66,8 +78,9 @@ class EngineSpec:
     device: str = "auto"
 
     def run_settings(self) -> Settings:
-        """The preset's settings with this spec's overrides."""
-        s = get_preset(self.preset).settings.replace(**dict(self.settings))
+        """The preset's settings, with the loss weights of this spec's statistic (as for a single
+        image: :func:`nst_core.presets.settings_for`) and this spec's tile, then its overrides."""
+        s = settings_for(self.preset, self.statistic).replace(tile=self.tile).replace(**dict(self.settings))
         validate_settings(s)
         return s
 
@@ -78,8 +91,9 @@ class EngineSpec:
             if f.name == "device":
                 continue
             value = getattr(self, f.name)
-            if f.name == "styles":
-                for im in value:
+            if f.name in _IMAGE_FIELDS:
+                h.update(f"{f.name}:".encode())
+                for im in _arrays(value):
                     h.update(repr(im.shape).encode())
                     h.update(np.ascontiguousarray(im).tobytes())
             else:
@@ -91,21 +105,39 @@ class EngineSpec:
         out: Dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            out[f.name] = [list(im.shape) for im in value] if f.name == "styles" else (
+            out[f.name] = [list(im.shape) for im in _arrays(value)] if f.name in _IMAGE_FIELDS else (
                 dict(value) if f.name == "settings" else value)
         out.pop("device")
         return out
 
 
+_IMAGE_FIELDS = ("styles", "style_masks", "content_mask")  # arrays: hashed by content, described by shape
+
+
+def _arrays(value: "np.ndarray | Sequence[np.ndarray] | None") -> List[np.ndarray]:
+    return [] if value is None else [value] if isinstance(value, np.ndarray) else list(value)
+
+
 @dataclass
 class Engine:
-    """An extractor, the style target built once, and the settings, for one spec."""
+    """An extractor, the style target(s) built once, and the settings, for one spec."""
 
     spec: EngineSpec
     extractor: Extractor
-    style: StyleTarget
+    style: Tuple[StyleTarget, ...]  # one target, or one per masked region
     settings: Settings
     content_layer: str
+    content_mask: Optional[torch.Tensor] = None  # [1,1,H,W] in 0..1
+
+    def content(self, image: torch.Tensor) -> ContentTarget:
+        """The content target of one image or frame (with the spec's content mask, if any)."""
+        return ContentTarget.create(self.extractor, image, self.content_layer, self.spec.content_weight,
+                                    self.content_mask, self.spec.content_mask_strength)
+
+
+def _mask(array: np.ndarray) -> torch.Tensor:
+    """An H×W uint8 mask as ``[1,1,H,W]`` float in 0..1."""
+    return torch.from_numpy(np.ascontiguousarray(array)).float().div(255).view(1, 1, *array.shape[-2:])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -133,9 +165,12 @@ def build_engine(spec: EngineSpec, extractor: Optional[Extractor] = None) -> Eng
         layers, weights = list(preset.style_layers), spec.style_layer_weights or preset.style_layer_weights
     else:
         layers, weights = parse_layers(list(spec.style_layers), ext.arch), spec.style_layer_weights
-    style = StyleTarget.create(ext, [from_u8(s) for s in spec.styles], layers, weights,
-                               spec.statistic or preset.statistic, spec.style_blend, spec.style_scale)
-    return Engine(spec, ext, style, settings, spec.content_layer or preset.content_layer)
+    masks = [_mask(m) for m in spec.style_masks] if spec.style_masks is not None else None
+    style = style_targets(ext, [from_u8(s) for s in spec.styles], layers, weights, spec.statistic or preset.statistic,
+                          spec.style_blend, spec.style_scale, masks)
+    content_mask = _mask(spec.content_mask) if spec.content_mask is not None else None
+    return Engine(spec, ext, style_regions(style), settings, spec.content_layer or preset.content_layer,
+                  content_mask)
 
 
 _ENGINES: Dict[str, Engine] = {}  # one per process: Ray reuses a worker for the next task
@@ -158,8 +193,8 @@ class ChunkTask:
     """Frames ``first … stop-1`` of one chunk.
 
     Either ``lead_in`` frames before ``first`` are run first and their outputs dropped, so the chunk
-    enters temporally settled, or (``carry``) the chunk carries on from the written output of frame
-    ``first-1``.
+    enters on a path that has forgotten where it started, or (``carry``) the chunk carries on from
+    the state frame ``first-1`` left (its path, saved when a run stopped).
     """
 
     first: int
@@ -174,8 +209,16 @@ class ChunkTask:
 
 
 def plan_chunks(count: int, chunk_size: Optional[int], lead_in: int,
-                written: Callable[[int], bool] = lambda i: False) -> List[ChunkTask]:
-    """Tasks for the frames not yet ``written``: chunks of ``chunk_size`` (None: one chunk)."""
+                written: Callable[[int], bool] = lambda i: False,
+                carried: Callable[[int], bool] = lambda i: False) -> List[ChunkTask]:
+    """Tasks for the frames not yet ``written``: chunks of ``chunk_size`` (None: one chunk).
+
+    A chunk's first frame is always entered through ``lead_in`` frames (fewer at the clip's start), so
+    chunks made in parallel and chunks made one after another give the same frames. A chunk that
+    stopped part-way carries on exactly from its last written frame where that frame's path was
+    ``carried`` (kept); else, within ``lead_in`` frames of its start, it runs again from its start (the
+    same frames again, outputs dropped); else it enters through a lead-in of its own.
+    """
     if count < 0:
         raise ValueError(f"count (the number of frames) must be ≥ 0; got {count}")
     if chunk_size is not None and chunk_size < 1:
@@ -189,10 +232,15 @@ def plan_chunks(count: int, chunk_size: Optional[int], lead_in: int,
         first = next((i for i in range(start, stop) if not written(i)), None)
         if first is None:
             continue
+        entry = min(lead_in, start)  # the chunk's own lead-in
         if first == start:
-            tasks.append(ChunkTask(first, stop, min(lead_in, start)))
-        else:
+            tasks.append(ChunkTask(first, stop, entry))
+        elif carried(first - 1):
             tasks.append(ChunkTask(first, stop, 0, carry=True))
+        elif first - start <= lead_in:  # walk the chunk's first path again: the same frames, for a lead-in's cost
+            tasks.append(ChunkTask(first, stop, first - start + entry))
+        else:
+            tasks.append(ChunkTask(first, stop, lead_in))
     return tasks
 
 
@@ -228,16 +276,15 @@ def windows(frames: Iterable[np.ndarray], ranges: Sequence[Tuple[int, int]]) -> 
 
 
 def frames_task(spec: "EngineSpec | Engine", task: ChunkTask, frames: Iterable[np.ndarray],
-                previous: Optional[np.ndarray] = None, progress: Optional[Callable[[FramesProgress], None]] = None,
-                cancel: Optional[CancelFn] = None,
-                on_frame: Optional[Callable[[int, np.ndarray], None]] = None,
-                reuse: Optional[Callable[[int], Optional[np.ndarray]]] = None) -> List[np.ndarray]:
+                previous: Optional[List[np.ndarray]] = None,
+                progress: Optional[Callable[[FramesProgress], None]] = None, cancel: Optional[CancelFn] = None,
+                on_frame: Optional[Callable[[int, np.ndarray, FrameState], None]] = None) -> List[np.ndarray]:
     """Make one chunk: ``frames`` are the inputs from ``task.input_start`` to ``task.stop`` (uint8, at
-    the output size); ``previous`` is the output of frame ``first-1`` when ``task.carry``.
+    the output size); ``previous`` is the path frame ``first-1`` left (float16 arrays) when ``task.carry``.
 
-    Returns the outputs of frames ``first … stop-1`` (uint8); ``on_frame(index, output)`` sees each as
-    soon as it is made (then it is not kept in the returned list). ``reuse(index)`` may hand back an
-    output already written, which is then not remade.
+    Returns the outputs of frames ``first … stop-1`` (uint8); ``on_frame(index, output, state)`` sees
+    each as soon as it is made (then it is not kept in the returned list). ``progress`` reports the
+    frame being made by its index in the whole clip.
     """
     engine = spec if isinstance(spec, Engine) else cached_engine(spec)
     expected = task.stop - task.input_start
@@ -246,33 +293,36 @@ def frames_task(spec: "EngineSpec | Engine", task: ChunkTask, frames: Iterable[n
     if task.carry:
         if previous is None:
             raise ValueError(f"chunk {task.first}–{task.stop - 1} carries on from frame {task.first - 1}: "
-                             "give its output as previous")
+                             "give the path that frame left as previous")
         first_input = next(it, None)
         if first_input is None:
             raise ValueError(f"chunk {task.first}–{task.stop - 1} needs {expected} input frames; got 0")
-        carried = (from_u8(first_input), from_u8(previous))
+        frame = from_u8(first_input)
+        carried = FrameState(frame, frame, [torch.from_numpy(np.ascontiguousarray(p)) for p in previous])
     skip = 0 if task.carry else task.lead_in
+    base = task.first - skip  # the clip's index of the task's frame 0
 
-    def resume(j: int) -> Optional[torch.Tensor]:
-        if reuse is None or j < skip:
-            return None
-        found = reuse(task.first + j - skip)
-        return from_u8(found) if found is not None else None
+    def on_progress(p: FramesProgress) -> None:
+        if progress is not None:
+            progress(dataclasses.replace(p, frame=base + p.frame))
 
     s = engine.spec
     count = task.stop - task.first + skip
-    gen = stylize_frames(engine.extractor, (from_u8(f) for f in it), engine.style, engine.content_layer,
-                         s.content_weight, s.temporal_weight, engine.settings, None, s.init, progress, None,
-                         cancel, count, carried, resume)
+    states: List[FrameState] = []
+    gen = stylize_frames(engine.extractor, (from_u8(f) for f in it), engine.style,
+                         engine.content_layer, s.content_weight, s.temporal_weight, engine.settings, None, s.init,
+                         on_progress, None, cancel, count, carried, None, engine.content_mask,
+                         s.content_mask_strength, states.append)
     outs: List[np.ndarray] = []
     made = 0
     for j, out in enumerate(gen):
+        state = states.pop()
         made += 1
         if j < skip:
             continue
         u8 = to_u8(out)
         if on_frame is not None:
-            on_frame(task.first + j - skip, u8)
+            on_frame(base + j, u8, state)
         else:
             outs.append(u8)
     if made != count:
@@ -309,6 +359,26 @@ class FrameFolder:
         """Write frame ``index`` atomically (a crash never leaves a partial PNG behind)."""
         write_png_atomic(frame, self.frame_path(index))
 
+    def save_path(self, index: int, path: Sequence[torch.Tensor]) -> None:
+        """Keep the path frame ``index`` left, so a rerun carries on from it exactly (float16 arrays)."""
+        arrays = [p.detach().cpu().numpy() for p in path]
+        write_atomic(os.path.join(self.path, PATH_NAME.format(index)), lambda f: np.savez(f, *arrays))
+
+    def has_path(self, index: int) -> bool:
+        """Whether the path of frame ``index`` was kept."""
+        return os.path.isfile(os.path.join(self.path, PATH_NAME.format(index)))
+
+    def read_path(self, index: int) -> List[np.ndarray]:
+        """The path kept for frame ``index`` (see :meth:`save_path`)."""
+        with np.load(os.path.join(self.path, PATH_NAME.format(index)), allow_pickle=False) as z:
+            return [z[f"arr_{k}"] for k in range(len(z.files))]
+
+    def clear_paths(self) -> None:
+        """Remove every kept path (once the frames are all written they serve no rerun)."""
+        for name in os.listdir(self.path) if os.path.isdir(self.path) else []:
+            if name.startswith(".path_") and name.endswith(".npz"):
+                os.remove(os.path.join(self.path, name))
+
     def check_manifest(self, recipe: Dict[str, Any], overwrite: bool = False) -> None:
         """Refuse to mix frames of another recipe; with ``overwrite`` remove them. Then record ``recipe``."""
         os.makedirs(self.path, exist_ok=True)
@@ -323,29 +393,56 @@ class FrameFolder:
                 differ = sorted(k for k in set(old) | set(recipe) if old.get(k) != recipe.get(k))
                 raise ValueError(f"output folder {self.path!r} holds frames of another run (differs in: "
                                  f"{', '.join(differ)}); use another folder, or --overwrite to start again")
+        remove_stale_temporaries(self.path)
         if overwrite:
+            self.clear_paths()
             for name in os.listdir(self.path):
                 if name.startswith("frame_") and name.endswith(".png"):
                     os.remove(os.path.join(self.path, name))
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(recipe, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        write_atomic(path, lambda f: f.write(json.dumps(recipe, indent=1, sort_keys=True).encode()))
 
 
-def write_png_atomic(frame: np.ndarray, path: str) -> None:
-    """Save a uint8 frame as PNG through a temporary file and a rename."""
+TMP_PREFIX = ".tmp_"  # unfinished files: hidden (never read as frames) and removed by the next run
+
+
+def write_atomic(path: str, write: Callable[[Any], None]) -> None:
+    """Write a file through a hidden temporary beside it, flushed to disk, then renamed into place.
+
+    A crash leaves either the old file or the new one, never a partial file under ``path``. The file
+    gets the usual permissions (0666 less the umask), as a plain ``open`` would give it.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".png", dir=folder)
+    tmp = os.path.join(folder, f"{TMP_PREFIX}{os.getpid()}_{secrets.token_hex(4)}_{os.path.basename(path)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            Image.fromarray(frame, "RGB").save(f, format="PNG")
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_png_atomic(frame: np.ndarray, path: str) -> None:
+    """Save a uint8 frame as PNG atomically (:func:`write_atomic`)."""
+    write_atomic(path, lambda f: Image.fromarray(frame, "RGB").save(f, format="PNG"))
+
+
+def remove_stale_temporaries(folder: str) -> int:
+    """Remove the unfinished files (``.tmp_*``) a killed run left in ``folder``; returns how many."""
+    if not os.path.isdir(folder):
+        return 0
+    stale = [n for n in os.listdir(folder) if n.startswith(TMP_PREFIX)]
+    for name in stale:
+        try:
+            os.remove(os.path.join(folder, name))
+        except FileNotFoundError:
+            pass
+    return len(stale)
 
 
 def run_frames_local(spec: "EngineSpec | Engine", frames: Iterable[np.ndarray], count: int, out: FrameFolder,
@@ -355,30 +452,43 @@ def run_frames_local(spec: "EngineSpec | Engine", frames: Iterable[np.ndarray], 
     """Make every missing frame in this process, chunk after chunk; returns how many were written.
 
     ``frames`` are the ``count`` inputs (uint8, at the output size), read once. ``progress(done,
-    total, info)`` counts iterations over the frames this run goes through (lead-ins included).
+    total, info)`` counts iterations over the whole clip plus this run's lead-ins: a rerun starts where
+    the written frames leave off, and ``info.frame`` is the clip's index of the frame being made. When
+    the run stops (Ctrl-C, an error), the path of the last frame written is kept in the folder, so the
+    next run carries on from it exactly; a finished run keeps none.
     """
-    tasks = plan_chunks(count, chunk_size, lead_in, out.has)
+    tasks = plan_chunks(count, chunk_size, lead_in, out.has, out.has_path)
     if not tasks:
+        out.clear_paths()
         return 0
     engine = spec if isinstance(spec, Engine) else build_engine(spec)
-    work = sum(t.stop - t.first + t.lead_in for t in tasks)  # frames each task goes through
+    lead_ins = sum(t.lead_in for t in tasks)
+    done_frames = sum(out.has(i) for i in range(count))  # already written: the bar starts there
     made = 0
-    frames_before = 0
+    last: Optional[Tuple[int, FrameState]] = None
 
-    def on_frame(i: int, u8: np.ndarray) -> None:
-        nonlocal made
+    def on_frame(i: int, u8: np.ndarray, state: FrameState) -> None:
+        nonlocal made, last
         if not out.has(i):
             out.write(i, u8)
             made += 1
+        last = (i, state)
 
-    for task, window in zip(tasks, windows(frames, [(t.input_start, t.stop) for t in tasks])):
-        def on_progress(p: FramesProgress, before=frames_before) -> None:
-            if progress is not None:
-                progress(before * p.frame_total + p.step, work * p.frame_total, p)
+    try:
+        for task, window in zip(tasks, windows(frames, [(t.input_start, t.stop) for t in tasks])):
+            def on_progress(p: FramesProgress, before=done_frames) -> None:
+                if progress is not None:
+                    progress(before * p.frame_total + p.step, (count + lead_ins) * p.frame_total, p)
 
-        previous = out.read(task.first - 1) if task.carry else None
-        frames_task(engine, task, window, previous, on_progress, cancel, on_frame, out.read)
-        frames_before += task.stop - task.first + task.lead_in
+            previous = out.read_path(task.first - 1) if task.carry else None
+            frames_task(engine, task, window, previous, on_progress, cancel, on_frame)
+            done_frames += task.stop - task.first + task.lead_in
+            last = None  # the next chunk enters through its lead-in
+    except BaseException:
+        if last is not None and last[1].path and out.has(last[0]):
+            out.save_path(last[0], last[1].path)
+        raise
+    out.clear_paths()
     return made
 
 
@@ -391,11 +501,14 @@ def still_task(spec: "EngineSpec | Engine", image: np.ndarray, progress=None, ca
     engine = spec if isinstance(spec, Engine) else cached_engine(spec)
     s = engine.spec
     if s.colors != "style":  # the style target depends on the content's colours: transfer() builds it
+        style = engine.style[0]
+        masks = [_mask(m) for m in s.style_masks] if s.style_masks is not None else None
         out = transfer(engine.extractor, from_u8(image), [from_u8(im) for im in s.styles], s.preset, None,
-                       engine.content_layer, engine.style.layers, engine.style.layer_weights, engine.style.statistic,
-                       s.style_blend, s.style_scale, s.init, progress, None, cancel, s.colors, **dict(s.settings))
+                       engine.content_layer, style.layers, style.layer_weights, style.statistic,
+                       s.style_blend, s.style_scale, s.init, progress, None, cancel, s.colors, masks,
+                       engine.content_mask, s.content_mask_strength, **{**dict(s.settings), "tile": s.tile})
         return to_u8(out)
-    content = ContentTarget.create(engine.extractor, from_u8(image), engine.content_layer, s.content_weight)
+    content = engine.content(from_u8(image))
     out = optimize(engine.extractor, content, engine.style, s.init, engine.settings, None, progress, None, cancel)
     return to_u8(out)
 

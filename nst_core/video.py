@@ -35,11 +35,6 @@ def _av():
     return av
 
 
-def require_av() -> None:
-    """Raise ImportError with :data:`INSTALL_HINT` unless PyAV can be imported (call it before any work)."""
-    _av()
-
-
 def is_video_path(path: str) -> bool:
     """Whether ``path`` names a video file by its extension (.mp4, .mkv, .mov, .avi, .webm, .m4v)."""
     return os.path.splitext(str(path))[1].lower() in VIDEO_EXTENSIONS
