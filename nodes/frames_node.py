@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..nst_core.flow import require_opencv
 from ..nst_core.frames import DEFAULT_TEMPORAL_WEIGHT, stylize_frames
 from ..nst_core.image import to_pil
 from ..nst_core.layers import layer_names
@@ -16,12 +17,33 @@ from .convert import check_extractor, extractor_on, image_to_nst, nst_to_image, 
 from .optimize_node import MAX_SIZE, StyleTransferOptimizeNode, schedule_tooltip
 
 
+# the one install line that works in ComfyUI's own Python (shown only where cv2 is missing)
+OPENCV_HINT = (
+    "NST Stylize Frames needs OpenCV (the cv2 module) for the optical flow between frames, and the Python "
+    "that runs ComfyUI has none. Install it into that Python, then restart ComfyUI: "
+    "python -m pip install opencv-python (Windows portable build, from its folder: "
+    "python_embeded\\python.exe -m pip install opencv-python). With temporal_weight 0 the frames are "
+    "stylised independently and need no OpenCV."
+)
+
+
+def check_opencv(temporal_weight: float) -> None:
+    """Refuse before any work when the temporal loss needs OpenCV and this Python has none."""
+    if temporal_weight > 0:
+        try:
+            require_opencv()
+        except ImportError:
+            raise ImportError(OPENCV_HINT) from None
+
+
 class StylizeFramesNode:
     DESCRIPTION = (
-        "Stylises a batch of frames (e.g. from a video loader) one frame at a time, in batch order. Each "
-        "frame starts from the previous stylised frame carried along the optical flow, and a temporal loss "
-        "keeps it there wherever the motion is reliable, so the result does not flicker (Ruder et al. 2016). "
-        "The style target is shared. Progress covers frames × iterations; Cancel stops within one iteration."
+        "Stylises a batch of frames (e.g. from a video loader) one frame at a time, in batch order; needs "
+        "OpenCV (opencv-python) for the optical flow. Every frame is optimised as a still would be, and a "
+        "temporal loss pulls it, step by step, toward the previous frame's optimisation carried along the "
+        "motion, wherever that motion is reliable (Ruder et al. 2016's check), so the result does not flicker "
+        "and does not drift: a static shot gives the still. The style target is shared. Progress covers "
+        "frames × iterations; Cancel stops within one iteration."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE",)
@@ -34,7 +56,8 @@ class StylizeFramesNode:
         return {
             "required": {
                 "extractor": (EXTRACTOR, {"tooltip": "The same extractor the style target was built with."}),
-                "frames": ("IMAGE", {"tooltip": "The frames, as one IMAGE batch in playing order (all one size)."}),
+                "frames": ("IMAGE", {"tooltip": "The frames, as one IMAGE batch in playing order (all one size). "
+                                                "Needs OpenCV (opencv-python) unless temporal_weight is 0."}),
                 "style_target": (STYLE_TARGET, {"tooltip": "From NST Style Target; built once, used for every frame."}),
                 "content_layer": (layer_names("vgg19"), {
                     "default": get_preset(DEFAULT_PRESET).content_layer,
@@ -57,7 +80,8 @@ class StylizeFramesNode:
                 "temporal_weight": ("FLOAT", {
                     "default": DEFAULT_TEMPORAL_WEIGHT, "min": 0.0, "max": 100000.0, "step": 10.0,
                     "tooltip": "How strongly each frame keeps to the previous one carried along the motion "
-                               "(occlusions and motion boundaries stay free). 0 = independent frames (flicker).",
+                               "(optical flow by OpenCV, which must be installed; new scene, occlusions and motion "
+                               "boundaries stay free). 0 = independent frames (flicker), no OpenCV needed.",
                 }),
                 "init_seed": ("INT", {
                     "default": 0, "min": 0, "max": 0xFFFFFFFF,
@@ -69,6 +93,7 @@ class StylizeFramesNode:
 
     def run(self, extractor, frames, style_target, content_layer, content_weight, schedule, steps, size,
             temporal_weight, init_seed):
+        check_opencv(temporal_weight)
         check_extractor(extractor)
         regions = style_regions(style_target)
         if not regions:

@@ -65,7 +65,7 @@ TITLES = {  # the nodes' display names (nodes/__init__.py)
     "NST_MatchColors": "NST Match Colors", "NST_LayerExplorer": "NST Layer Explorer",
 }
 ALL_LAYERS = "relu1_1,relu2_1,relu3_1,relu4_1,relu5_1"
-TEMPORAL_WEIGHT = 50.0  # nst_core.frames.DEFAULT_TEMPORAL_WEIGHT (this script imports nothing of the pack)
+TEMPORAL_WEIGHT = 200.0  # nst_core.frames.DEFAULT_TEMPORAL_WEIGHT (this script imports nothing of the pack)
 
 # Layout (litegraph units). A node's `pos` is the top-left of its body; the title bar sits above it.
 NODE_WIDTH = 300
@@ -171,8 +171,9 @@ GRAPHS = {
         10: ("SaveImage", dict(filename_prefix="nst/chained"), {"images": (9, 0)}),
     }),
     "frames_temporal": ("Four frames of a slow pan over the photo (crops batched with core nodes; a video "
-                        "loader's IMAGE batch goes in the same place), stylised frame by frame with the "
-                        "temporal loss so they do not flicker.", {
+                        "loader's IMAGE batch goes in the same place), stylised frame by frame: each as a still "
+                        "would be, pulled step by step toward the previous frame's path along the motion, so "
+                        "they neither flicker nor drift. Needs OpenCV (opencv-python) in ComfyUI's Python.", {
         1: EXTRACTOR,
         2: ("LoadImage", dict(image="content.jpg", upload="image"), {}),
         3: ("LoadImage", dict(image="style.jpg", upload="image"), {}),
