@@ -149,6 +149,15 @@ def test_frames_without_opencv_are_refused_before_the_first_frame(a_frame, tripw
         ["frames", "frames", "style.jpg", "-o", "out", "--temporal-weight", "0", "--device", "cpu"])) is None
 
 
+@pytest.mark.parametrize("argv", [["frames", "frames", "style.jpg", "-o", "out", "--ray", "auto"],
+                                  ["transfer", "frames", "style.jpg", "-o", "out", "--ray", "local"]])
+def test_ray_without_ray_is_refused_before_a_manifest_is_written(a_frame, tripwire, capsys, monkeypatch, argv):
+    """Issue 16: --ray without Ray used to leave a manifest in a new output folder."""
+    monkeypatch.setattr(checks, "installed", lambda module: module != "ray")
+    line = _refused(argv, a_frame, capsys)
+    assert "pip install ray" in line and 'pip install ".[ray]"' in line
+
+
 def test_an_unavailable_device_is_refused_before_a_frames_manifest_is_written(a_frame, tripwire, capsys,
                                                                                monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
