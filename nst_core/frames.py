@@ -32,9 +32,9 @@ from .presets import Settings
 from .targets import ContentTarget, StyleTarget
 
 # Weight of the temporal loss (mean squared difference to the previous frame's path, pixels in 0..1).
-# Chosen by measurement (bench/frames.py, BENCHMARKS.md): on a pan over a photograph it brings the
-# temporal error of independent frames down to about a third, keeping each frame's content as a
-# still does; higher weights steady the frames further.
+# On a pan over a photograph it keeps the temporal error at most half of independent frames' while
+# each frame keeps its own content as a still does (tests/test_frames.py; the long clip in
+# BENCHMARKS.md); higher weights steady the frames further.
 DEFAULT_TEMPORAL_WEIGHT = 200.0
 # Changes whenever the frames a given recipe makes change (output folders record it, so frames of an
 # older method are never mixed with new ones).
