@@ -41,7 +41,7 @@ class LoadVGGExtractor:
                 }),
                 "edge_padding": (list(PADDINGS), {
                     "default": "replicate",
-                    "tooltip": "Padding of the first convolution; replicate reduces dark or bright borders.",
+                    "tooltip": "How each convolution pads the image's edges. replicate (the default) repeats the edge pixels, so the output has no dark or bright frame; zeros is VGG's own padding (the classic look, with a frame).",
                 }),
             }
         }

@@ -39,7 +39,7 @@ def _common(p: argparse.ArgumentParser, default_init: str) -> None:
     p.add_argument("--arch", choices=("vgg19", "vgg16"), default="vgg19", help="network architecture")
     p.add_argument("--pooling", choices=POOLINGS, default="max", help="pooling layers")
     p.add_argument("--edge-padding", choices=PADDINGS, default="replicate",
-                   help="padding of the first convolution (replicate reduces dark or bright borders)")
+                   help="how every convolution pads the edges: replicate (no dark or bright frame) or zeros (VGG's own)")
     p.add_argument("--seed", type=int, default=0, help="random seed (noise init)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     p.add_argument("--save-every", type=positive_int, metavar="N", help="also save the image every N steps")

@@ -34,7 +34,7 @@ def add_explore_parser(sub: "argparse._SubParsersAction") -> None:
                    help="'original' (bundled VGG19), 'random', or a torchvision-layout .pth/.safetensors file")
     e.add_argument("--arch", choices=("vgg19", "vgg16"), default="vgg19", help="network architecture")
     e.add_argument("--pooling", choices=POOLINGS, default="max", help="pooling layers")
-    e.add_argument("--edge-padding", choices=PADDINGS, default="replicate", help="padding of the first convolution")
+    e.add_argument("--edge-padding", choices=PADDINGS, default="replicate", help="how every convolution pads the edges")
     e.add_argument("--seed", type=int, default=0, help="random seed of the noise start images")
     e.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     e.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -27,8 +27,31 @@ class ScaledAvgPool2d(nn.AvgPool2d):
         return super().forward(x) * self.scale
 
 
+class EdgeConv2d(nn.Conv2d):
+    """A 3×3 convolution padded by repeating the edge pixels instead of zeros.
+
+    Zero padding makes every layer's border activations unlike the interior's; the optimiser answers
+    with a dark or bright frame several pixels wide (deep layers' borders are 8–16 px of the image).
+    Under ``torch.compile`` the pad is built from slices (inductor cannot lower its backward).
+    """
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout, 3, padding=1, padding_mode="replicate")
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
+        if not torch.compiler.is_compiling():
+            return super()._conv_forward(x, weight, bias)
+        x = torch.cat([x[..., :1, :], x, x[..., -1:, :]], dim=-2)
+        x = torch.cat([x[..., :, :1], x, x[..., :, -1:]], dim=-1)
+        return F.conv2d(x, weight, bias)
+
+
 def build_features(arch: str, pooling: str = "max", padding: str = "replicate") -> nn.Sequential:
-    """An untrained VGG ``features`` stack (in-place ReLUs, as torchvision; hooks clone conv outputs)."""
+    """An untrained VGG ``features`` stack (in-place ReLUs, as torchvision; hooks clone conv outputs).
+
+    ``padding``: ``replicate`` pads every convolution with its input's edge (:class:`EdgeConv2d`, no frame
+    along the output's borders); ``zeros`` is VGG's own zero padding.
+    """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r} is not supported; choose one of {list(POOLINGS)}")
     if padding not in PADDINGS:
@@ -38,9 +61,7 @@ def build_features(arch: str, pooling: str = "max", padding: str = "replicate") 
     for name in layer_names(arch):
         if name.startswith("conv"):
             cout = BLOCK_CHANNELS[int(name[4]) - 1]
-            # replicate padding on the first conv reduces edge artefacts
-            pm = padding if name == "conv1_1" else "zeros"
-            mods.append(nn.Conv2d(cin, cout, 3, padding=1, padding_mode=pm))
+            mods.append(EdgeConv2d(cin, cout) if padding == "replicate" else nn.Conv2d(cin, cout, 3, padding=1))
             cin = cout
         elif name.startswith("relu"):
             mods.append(nn.ReLU(inplace=True))
@@ -161,8 +182,6 @@ class Extractor(nn.Module):
         ends = set(captured)
         if checkpoint:
             ends |= {i for i, n in enumerate(self.names[: captured[-1]]) if n.startswith("pool")}
-        if compile and self.padding == "replicate":
-            ends.add(0)  # conv1_1 stays eager: inductor fails on replicate padding's backward
         bounds, start = [], 0
         for end in sorted(ends):
             bounds.append((start, end))
@@ -180,8 +199,7 @@ class Extractor(nn.Module):
             if checkpoint and isinstance(mods[0], nn.ReLU):
                 mods[0] = nn.ReLU()  # a recomputed piece must not overwrite its saved input
             piece: nn.Module = nn.Sequential(*mods)
-            eager = start == 0 and self.padding == "replicate"
-            cache[key] = torch.compile(piece, dynamic=False) if compile and not eager else piece
+            cache[key] = torch.compile(piece, dynamic=False) if compile else piece
         return cache[key]
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
 import nst_core
-from nst_core.extractor import ScaledAvgPool2d, build_features
+from nst_core.extractor import EdgeConv2d, ScaledAvgPool2d, build_features
 from nst_core.layers import layer_index
 from nst_core.weights import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD, LoadedWeights, load_random
 
@@ -136,16 +136,33 @@ def test_matches_torchvision_features(tmp_path, images):
     assert torch.allclose(got["pool5"], want_pool5, atol=1e-5)
 
 
-def test_replicate_padding_only_on_the_first_conv(rand_ext, images):
+def test_every_conv_pads_with_the_edge(rand_ext, images):
+    """Each convolution pads with its input's edge pixels (a zero-padded VGG paints a frame)."""
     zeros = nst_core.load_extractor(weights="random", padding="zeros")
-    assert rand_ext.features[0].padding_mode == "replicate"
-    assert all(m.padding_mode == "zeros" for m in list(rand_ext.features)[1:] if isinstance(m, nn.Conv2d))
-    x = images.gradient(16, 16)
-    a = rand_ext(x, ["conv1_1"])["conv1_1"]
-    b = zeros(x, ["conv1_1"])["conv1_1"]
-    assert torch.allclose(a[..., 1:-1, 1:-1], b[..., 1:-1, 1:-1], atol=1e-5)
-    assert not torch.allclose(a[..., 0, :], b[..., 0, :], atol=1e-3)
+    assert all(isinstance(m, EdgeConv2d) for m in rand_ext.features if isinstance(m, nn.Conv2d))
+    assert not any(isinstance(m, EdgeConv2d) for m in zeros.features)
+    x = images.gradient(24, 24)
+    h = rand_ext.preprocess(x)
+    with torch.no_grad():
+        for m in rand_ext.features[: layer_index("vgg19", "relu2_1") + 1]:
+            h = F.conv2d(F.pad(h, (1, 1, 1, 1), mode="replicate"), m.weight, m.bias) if isinstance(m, nn.Conv2d) else m(h)
+    got = rand_ext(x, ["relu2_1"])["relu2_1"]
+    assert torch.allclose(got, h, atol=1e-5)
+    other = zeros(x, ["relu2_1"])["relu2_1"]
+    assert not torch.allclose(got[..., 0, :], other[..., 0, :], atol=1e-3)
     assert rand_ext.signature != zeros.signature
+
+
+def test_the_compiled_edge_pad_is_the_eager_one(monkeypatch):
+    """Under torch.compile the edge pad is built from slices: same values, same gradient."""
+    conv = EdgeConv2d(4, 5)
+    x = torch.rand(1, 4, 7, 9, requires_grad=True)
+    eager = conv(x)
+    (g_eager,) = torch.autograd.grad(eager.square().sum(), x)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    sliced = conv(x)
+    (g_sliced,) = torch.autograd.grad(sliced.square().sum(), x)
+    assert torch.allclose(eager, sliced, atol=1e-6) and torch.allclose(g_eager, g_sliced, atol=1e-5)
 
 
 def test_avg_pooling_is_twice_avg_pool2d(rand_ext, rand_ext_avg, images):
