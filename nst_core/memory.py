@@ -12,8 +12,8 @@ checkpointed and tiled, fp32 and bf16, W2 and Gram):
   iterate, and the moments carried from the previous scale; L-BFGS: its bounded history), the content
   features (the target and its memo), the smoothness term's differences and, for W2, the transported
   feature goals of every style layer (kept between refreshes, fp32);
-- **saved for the backward pass**: the input's preprocessing copies, one tensor per conv (its in-place
-  ReLU shares it), each pooling's output and indices (int64), the clone of a captured conv output and,
+- **saved for the backward pass**: the input's preprocessing copies, two tensors per conv (its output,
+  which its in-place ReLU shares, and its edge-padded input), each pooling's output and indices (int64), the clone of a captured conv output and,
   in bf16, the fp32 copies of the captured layers the losses read. With checkpointing only the pieces'
   outputs (captured layers and poolings) stay, and one piece at a time is recomputed;
 - **the peak** is the larger of two moments: the backward pass's start (every style and content
@@ -96,15 +96,17 @@ def _pass(hw: Tuple[int, int], layers: Sequence[str], style: Sequence[str], batc
     copies = sum(elems[n] * 4 for n in captured) if bf16 else 0  # fp32 copies the losses read
     clones = sum(elems[n] * act for n in captured if n.startswith("conv"))  # a hooked conv output is cloned
 
+    names = list(elems)
+    padded = {n: elems[names[i - 1]] for i, n in enumerate(names) if i and n.startswith("conv")}
+
     def saved_by(name: str) -> int:  # what a module keeps for its backward (ReLU: shares the conv's)
-        if name.startswith("conv"):
-            return elems[name] * act
+        if name.startswith("conv"):  # its output, and its edge-padded input (EdgeConv2d)
+            return (elems[name] + padded.get(name, 0)) * act
         if name.startswith("pool"):
             return elems[name] * (act + 8) if pooling == "max" else 2 * elems[name] * act
         return 0
 
     grads = sum(elems[n] * 4 for n in captured)  # every loss's gradient at the backward pass's start
-    names = list(elems)
     if not checkpoint:
         saved = inputs + copies + clones + sum(saved_by(n) for n in names)
         backward = grads
