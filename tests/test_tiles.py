@@ -315,7 +315,7 @@ def test_w2_gradient_at_a_refresh_matches_the_whole_image_without_seams(real_ext
     assert cos_full > 0.9999
     assert cos_halo > 0.99
     assert ratio(g_fixed) < 1.05  # no excess gradient energy along a step's borders
-    assert err(g_mean) < 1.5 < err(g_fixed)  # what error a step has there, the shift spreads out
+    assert err(g_fixed) < 1.5 and err(g_mean) < 1.5  # no seam: the error along tile borders is as elsewhere's
 
 
 RUN = dict(steps=20)  # the quality preset, shortened: 35 + 20 steps over two scales (136 and 192 px)
