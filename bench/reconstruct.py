@@ -1,6 +1,6 @@
 """``nst reconstruct`` before and after: start and schedule, time and error, in one run.
 
-    python -m bench.reconstruct --size 256 --layers relu2_2 relu5_1 --out /tmp/rec
+    python -m bench.reconstruct --size 256 --layers relu2_2 relu5_1 --out ~/nst-reconstructions
 
 For each layer the runs alternate in one process (same photo, same seed, the extractor loaded once),
 so all see the same load on a shared machine:
