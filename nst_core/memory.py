@@ -13,9 +13,10 @@ checkpointed and tiled, fp32 and bf16, W2 and Gram):
   features (the target and its memo), the smoothness term's differences and, for W2, the transported
   feature goals of every style layer (kept between refreshes, fp32);
 - **saved for the backward pass**: the input's preprocessing copies, two tensors per conv (its output,
-  which its in-place ReLU shares, and its edge-padded input), each pooling's output and indices (int64), the clone of a captured conv output and,
-  in bf16, the fp32 copies of the captured layers the losses read. With checkpointing only the pieces'
-  outputs (captured layers and poolings) stay, and one piece at a time is recomputed;
+  which its in-place ReLU shares, and its edge-padded input), each pooling's output and indices
+  (int64), the clone of a captured conv output and, in bf16, the fp32 copies of the captured layers
+  the losses read. With checkpointing only the pieces' outputs (captured layers and poolings) stay,
+  and one piece at a time is recomputed;
 - **the peak** is the larger of two moments: the backward pass's start (every style and content
   gradient at once; with checkpointing, the deepest point of the walk back through the pieces) and,
   for W2, a refresh (the float64 copy of a layer and its centred copy, in chunks of at most 2^24
