@@ -1,4 +1,4 @@
-"""One fixed referee for every method: the original VGG19 at a fixed size.
+"""One fixed referee for every method: the original VGG19 (as trained: zero padding) at a fixed size.
 
 - content distance: relu4_2 MSE of the output to the content, divided by the same for the style image;
 - style distance: MSE of Gram/(C·H·W) to the style's over relu1_1…relu5_1, divided by the same for
@@ -9,6 +9,7 @@ Lower is better for both; 1.0 means "as far as the other input image".
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Dict
 
 import torch
@@ -26,7 +27,9 @@ class Referee:
     """Scores outputs against a content and a style image at ``REFEREE_SIZE`` (short side kept in aspect)."""
 
     def __init__(self, content: torch.Tensor, style: torch.Tensor, extractor: "Extractor | None" = None) -> None:
-        self.ext = extractor or load_extractor()
+        """``extractor`` gives the device; the referee's network is always the original one."""
+        device = extractor.device if extractor is not None else torch.device("cpu")
+        self.ext = extractor if _is_original(extractor) else _original(str(device))
         self.hw = _fit(content.shape[-2:])
         self.content = self._feats(content)
         self.style = self._feats(style)
@@ -49,6 +52,16 @@ class Referee:
         f = self._feats(output)
         return {"content": self._content_mse(f) / self.style_content_dist,
                 "style": self._style_mse(f) / self.content_style_dist}
+
+
+def _is_original(ext: "Extractor | None") -> bool:
+    return ext is not None and (ext.arch, ext.weights_name, ext.pooling, ext.padding) == (
+        "vgg19", "original", "max", "zeros")
+
+
+@lru_cache(maxsize=None)
+def _original(device: str) -> Extractor:
+    return load_extractor(padding="zeros", device=device)
 
 
 def _fit(hw) -> tuple:
