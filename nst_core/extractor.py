@@ -17,10 +17,13 @@ PADDINGS = ("replicate", "zeros")
 
 
 class ScaledAvgPool2d(nn.AvgPool2d):
-    """Average pooling rescaled (×2) so activations keep roughly the magnitude max pooling gives."""
+    """Average pooling rescaled (×2) so activations keep roughly the magnitude max pooling gives.
+
+    In ceil mode, as the max pooling: a window cut by the edge averages the pixels it holds.
+    """
 
     def __init__(self, scale: float = 2.0) -> None:
-        super().__init__(kernel_size=2, stride=2)
+        super().__init__(kernel_size=2, stride=2, ceil_mode=True)
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
@@ -51,6 +54,12 @@ def build_features(arch: str, pooling: str = "max", padding: str = "replicate") 
 
     ``padding``: ``replicate`` pads every convolution with its input's edge (:class:`EdgeConv2d`, no frame
     along the output's borders); ``zeros`` is VGG's own zero padding.
+
+    Every pooling is in ceil mode: a side that is not a multiple of 2 keeps its last row or column (a
+    half window) instead of dropping it, so every pixel lies in a cell of every layer, which has
+    ⌈H/s⌉×⌈W/s⌉ positions at stride s. (Floor mode, VGG's own, left up to 15 px along the bottom and
+    right edges outside every relu5_1 cell, reached only through the convolutions at under half the
+    gradient: a light or dark strip there in the output.)
     """
     if pooling not in POOLINGS:
         raise ValueError(f"pooling {pooling!r} is not supported; choose one of {list(POOLINGS)}")
@@ -66,7 +75,7 @@ def build_features(arch: str, pooling: str = "max", padding: str = "replicate") 
         elif name.startswith("relu"):
             mods.append(nn.ReLU(inplace=True))
         else:
-            mods.append(nn.MaxPool2d(2, 2) if pooling == "max" else ScaledAvgPool2d())
+            mods.append(nn.MaxPool2d(2, 2, ceil_mode=True) if pooling == "max" else ScaledAvgPool2d())
     return nn.Sequential(*mods)
 
 
@@ -142,7 +151,7 @@ class Extractor(nn.Module):
             if isinstance(module, nn.Conv2d):
                 x = F.max_pool2d(x, module.kernel_size, module.stride, module.padding)
             elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-                x = F.max_pool2d(x, module.kernel_size, module.stride)
+                x = F.max_pool2d(x, module.kernel_size, module.stride, ceil_mode=module.ceil_mode)
             if name in layers:
                 out[name] = x
         return out

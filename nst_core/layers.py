@@ -55,7 +55,8 @@ def pools_before(arch: str, name: str) -> int:
 
 
 def min_input_edge(arch: str, layers: Sequence[str]) -> int:
-    """Smallest image edge whose feature maps stay at least 1 px at every layer in ``layers``."""
+    """The largest stride among ``layers`` (16 for relu5_1): the smallest image edge that fills one cell of
+    each, required of images and used as the tiles' alignment."""
     if not layers:
         return 1
     return 2 ** max(pools_before(arch, n) for n in layers)

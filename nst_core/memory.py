@@ -49,7 +49,7 @@ def layer_floats(arch: str, hw: Tuple[int, int], deepest: str) -> Dict[str, int]
     for name in layer_names(arch)[: layer_index(arch, deepest) + 1]:
         c = BLOCK_CHANNELS[int(name[4]) - 1]
         if name.startswith("pool"):
-            h, w = h // 2, w // 2
+            h, w = (h + 1) // 2, (w + 1) // 2  # ceil mode
         sizes[name] = c * h * w
     return sizes
 

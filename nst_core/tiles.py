@@ -9,7 +9,9 @@ several tiles: that is the whole image's gradient, piece by piece). Peak memory 
 ``tile`` 0).
 
 - **Alignment.** Cuts lie on multiples of ``align`` = 2^(pools before the deepest layer) px (16 for
-  relu5_1), and so does the halo, so every layer's grid of a crop is a slice of the whole image's grid.
+  relu5_1), and so does the halo, so every layer's grid of a crop is a slice of the whole image's grid:
+  a crop starts on a cell boundary of every layer and ends on one, or at the image's edge, where its
+  last (partial, the pooling being in ceil mode) cells are the whole image's.
 - **Shift.** The grid moves by a random offset (a multiple of ``align``, from a generator seeded with
   ``settings.seed``: runs are deterministic) at every step, so no seam settles anywhere.
 - **W2 goals** (:data:`STORE_GOALS`): kept between refreshes at full size, chosen by measurement
@@ -56,12 +58,12 @@ class Tile:
     def owned(self, stride: int, hw: Tuple[int, int]) -> Tuple[Tuple[slice, slice], Tuple[slice, slice]]:
         """(global, local) (rows, cols) slices of the owned positions on a layer of ``stride`` px.
 
-        ``hw`` is the image's size: the last tile of a row owns up to the layer grid's edge (H // stride).
+        ``hw`` is the image's size: the last tile of a row owns up to the layer grid's edge (⌈H / stride⌉).
         """
         y0, y1, x0, x1 = self.own
         cy, cx = self.crop[0] // stride, self.crop[2] // stride
-        gy = slice(y0 // stride, hw[0] // stride if y1 == hw[0] else y1 // stride)
-        gx = slice(x0 // stride, hw[1] // stride if x1 == hw[1] else x1 // stride)
+        gy = slice(y0 // stride, -(-y1 // stride) if y1 == hw[0] else y1 // stride)
+        gx = slice(x0 // stride, -(-x1 // stride) if x1 == hw[1] else x1 // stride)
         return (gy, gx), (slice(gy.start - cy, gy.stop - cy), slice(gx.start - cx, gx.stop - cx))
 
 
@@ -121,7 +123,7 @@ class Geometry:
         self.tile = max(self.align, tile // self.align * self.align) if tile else 0
         self.halo = round_up(halo, self.align) if tile else 0
         self.stride = {n: 2 ** pools_before(extractor.arch, n) for n in layers}
-        self.grid = {n: (hw[0] // s, hw[1] // s) for n, s in self.stride.items()}
+        self.grid = {n: (-(-hw[0] // s), -(-hw[1] // s)) for n, s in self.stride.items()}  # ceil-mode pooling
 
     @property
     def reach(self) -> int:

@@ -90,7 +90,7 @@ def test_hooks_are_removed_after_each_call(rand_ext, images):
 
 def test_hooks_are_removed_even_when_the_forward_fails(rand_ext):
     with pytest.raises(RuntimeError):
-        rand_ext(torch.rand(1, 3, 3, 3), ["relu5_1"])  # too small for four poolings
+        rand_ext(torch.rand(1, 3, 16, 16, dtype=torch.float64), ["relu1_1", "relu5_1"])  # float32 weights
     assert all_hooks(rand_ext) == 0
 
 
@@ -173,6 +173,10 @@ def test_avg_pooling_is_twice_avg_pool2d(rand_ext, rand_ext_avg, images):
     assert torch.allclose(out["pool1"], 2 * F.avg_pool2d(out["relu1_2"], 2), atol=1e-6)
     t = torch.randn(1, 4, 6, 6)
     assert torch.allclose(rand_ext_avg.features[4](t), 2 * F.avg_pool2d(t, 2))
+    odd = torch.randn(1, 4, 5, 7)  # ceil mode: a window cut by the edge averages the pixels it holds
+    out = rand_ext_avg.features[4](odd)
+    assert out.shape[-2:] == (3, 4)
+    assert torch.allclose(out[..., 2, 3], 2 * odd[..., 4, 6]) and torch.allclose(out[..., 2, 0], odd[..., 4, :2].sum(-1))
     assert "avg" in rand_ext_avg.signature and rand_ext.signature != rand_ext_avg.signature
 
 
@@ -262,11 +266,30 @@ def test_compiled_pieces_match_eager(rand_ext, images):
 
 
 @pytest.mark.parametrize("ext_name", ["rand_ext", "rand_ext_avg"])
-def test_receptive_max_is_the_receptive_field_of_each_position(ext_name, request):
+def test_every_edge_reaches_the_deepest_layer(ext_name, request):
+    """Pooling in ceil mode: on a 91×75 image (not a multiple of 16) relu5_1 covers every pixel, and the
+    gradient of its sum on each side's outermost 2 px is at least 0.7× the image's mean (0.98–2.8).
+
+    (Floor mode dropped the last 11 rows and columns from relu5_1's cells: only the convolutions' reach
+    carried them, at 0.39–0.43× the mean on the bottom and right edges: a strip along them in the output.)
+    """
+    ext = request.getfixturevalue(ext_name)
+    x = torch.rand(1, 3, 91, 75, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    f = ext(x, ["relu5_1"])["relu5_1"]
+    assert f.shape[-2:] == (6, 5)  # ⌈91/16⌉ × ⌈75/16⌉
+    (g,) = torch.autograd.grad(f.sum(), x)
+    a = g.abs().mean(1)[0]
+    a = a / a.mean()
+    sides = {"top": a[:2].mean(), "bottom": a[-2:].mean(), "left": a[:, :2].mean(), "right": a[:, -2:].mean()}
+    assert min(sides.values()) > 0.7, {k: round(float(v), 2) for k, v in sides.items()}
+
+
+@pytest.mark.parametrize("ext_name, hw", [("rand_ext", (64, 80)), ("rand_ext_avg", (64, 80)), ("rand_ext", (61, 75))])
+def test_receptive_max_is_the_receptive_field_of_each_position(ext_name, hw, request):
     """A pixel's reach on each layer's grid holds every position that depends on it, and little more."""
     ext = request.getfixturevalue(ext_name)
     layers = ["relu1_1", "conv2_2", "relu3_1", "relu4_1", "relu5_1"]
-    hw, pixel = (64, 80), (30, 41)
+    pixel = (30, 41)
     x = torch.rand(1, 3, *hw, generator=torch.Generator().manual_seed(0))
     y = x.clone()
     y[..., pixel[0], pixel[1]] += 0.5

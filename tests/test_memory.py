@@ -27,6 +27,8 @@ def test_activation_count_matches_the_layer_shapes_by_hand():
     assert activation_floats("vgg19", (32, 32), "relu1_1") == 2 * 64 * 32 * 32
     # ... + conv1_2, relu1_2 (64 ch) + pool1 (64 ch at 16x16)
     assert activation_floats("vgg19", (32, 32), "pool1") == 4 * 64 * 32 * 32 + 64 * 16 * 16
+    # pooling in ceil mode: an odd side keeps its last row or column (33×31 → 17×16)
+    assert activation_floats("vgg19", (33, 31), "pool1") == 4 * 64 * 33 * 31 + 64 * 17 * 16
 
 
 def test_the_estimate_counts_a_conv_and_relu_pair_and_the_padded_input():

@@ -49,11 +49,11 @@ def test_every_feature_position_is_owned_by_exactly_one_tile(hw, tile, halo):
         for y0, y1, x0, x1 in (t.crop for t in grid):
             assert 0 <= y0 < y1 <= hw[0] and 0 <= x0 < x1 <= hw[1]
             assert y0 % 16 == 0 and x0 % 16 == 0  # every layer's grid of a crop is a slice of the whole's
-        for stride in (1, 2, 4, 8, 16):
-            count = torch.zeros(hw[0] // stride, hw[1] // stride, dtype=torch.int32)
+        for stride in (1, 2, 4, 8, 16):  # ceil-mode pooling: a layer has ⌈H/stride⌉×⌈W/stride⌉ positions
+            count = torch.zeros(-(-hw[0] // stride), -(-hw[1] // stride), dtype=torch.int32)
             for t in grid:
                 (gy, gx), (ly, lx) = t.owned(stride, hw)
-                crop_grid = ((t.crop[1] - t.crop[0]) // stride, (t.crop[3] - t.crop[2]) // stride)
+                crop_grid = (-(-(t.crop[1] - t.crop[0]) // stride), -(-(t.crop[3] - t.crop[2]) // stride))
                 assert 0 <= ly.start <= ly.stop <= crop_grid[0] and 0 <= lx.start <= lx.stop <= crop_grid[1]
                 assert gy.start - ly.start == t.crop[0] // stride and gx.start - lx.start == t.crop[2] // stride
                 count[gy, gx] += 1
@@ -101,6 +101,30 @@ def test_a_halo_covering_the_image_gives_the_whole_gradient_and_losses(rand_ext,
     assert float((g_tiled - g_whole).norm() / g_whole.norm()) < 1e-4
     for k in ("content", "style", "tv", "total"):
         assert float(p_tiled[k]) == pytest.approx(float(p_whole[k]), rel=1e-5), k
+
+
+@pytest.mark.parametrize("statistic", ("moments", "gram"))
+def test_an_image_not_a_multiple_of_16_gives_the_whole_gradient_up_to_its_edges(rand_ext, images, statistic):
+    """91×75 px (the layers' last cells cut by the edge), tiles of 32 px: the whole image's gradient and
+    losses, and the deep layers reach the last rows and columns as they reach the first (the mean |gradient|
+    of each side's outermost 2 px: 0.87–1.58× the image's; with floor-mode pooling 0.55–0.64 at the bottom
+    and right)."""
+    hw = (91, 75)
+    c = ContentTarget.create(rand_ext, images.gradient(*hw), "relu4_2")
+    s = (StyleTarget.create(rand_ext, images.checkerboard(64, 64), ["relu4_1", "relu5_1"], statistic=statistic),)
+    settings = Settings(tv_weight=0.0, style_weight=5.0, autocast_bf16=False)
+    x = 0.7 * images.stripes(*hw) + 0.3 * images.noise(*hw, seed=1)
+    whole = Objective(rand_ext, settings, hw, c, s)
+    tiled = Objective(rand_ext, settings.replace(tile=32), hw, c, s, halo=128)
+    assert tiled.geo.grid["relu5_1"] == (6, 5) and len(tiled.geo.tiles()) == 6  # 3 × 2
+    (g_whole, p_whole), (g_tiled, p_tiled) = _grad(whole, x), _grad(tiled, x)
+    assert float((g_tiled - g_whole).norm() / g_whole.norm()) < 1e-4
+    for k in ("content", "style", "total"):
+        assert float(p_tiled[k]) == pytest.approx(float(p_whole[k]), rel=1e-5), k
+    a = g_tiled.abs().mean(1)[0]
+    a = a / a.mean()
+    sides = {"top": a[:2].mean(), "bottom": a[-2:].mean(), "left": a[:, :2].mean(), "right": a[:, -2:].mean()}
+    assert min(sides.values()) > 0.75, {k: round(float(v), 2) for k, v in sides.items()}
 
 
 def test_stored_goals_give_the_whole_gradient_between_refreshes(rand_ext, images):
