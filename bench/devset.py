@@ -88,8 +88,10 @@ def contact_sheet(results: Dict[str, Dict[str, float]], out_dir: str, size: int)
         im = Image.open(path).convert("RGB")
         return im.resize((max(1, round(im.width * CELL / im.height)), CELL), Image.LANCZOS)
 
-    rows = [[cell(image_path(c + ".jpg"))] + [cell(_output(out_dir, c, s, size)) for s in STYLES
-                                                if f"{c}×{s}" in results] for c in CONTENTS]
+    def output(c: str, s: str) -> Image.Image:
+        return cell(_output(out_dir, c, s, size)) if f"{c}×{s}" in results else Image.new("RGB", (1, CELL), "white")
+
+    rows = [[cell(image_path(c + ".jpg"))] + [output(c, s) for s in STYLES] for c in CONTENTS]
     head = [Image.new("RGB", (CELL, CELL), "white")] + [cell(image_path(s + ".jpg")) for s in STYLES]
     grid = [head] + rows
     widths = [max(r[i].width for r in grid if i < len(r)) for i in range(len(head))]

@@ -1,4 +1,5 @@
-"""One fixed referee for every method: the original VGG19 (as trained: zero padding) at a fixed size.
+"""One fixed referee for every method: the original VGG19 as trained (zero padding, floor pooling) at a
+fixed size.
 
 - content distance: relu4_2 MSE of the output to the content, divided by the same for the style image;
 - style distance: MSE of Gram/(C·H·W) to the style's over relu1_1…relu5_1, divided by the same for
@@ -29,7 +30,7 @@ class Referee:
     def __init__(self, content: torch.Tensor, style: torch.Tensor, extractor: "Extractor | None" = None) -> None:
         """``extractor`` gives the device; the referee's network is always the original one."""
         device = extractor.device if extractor is not None else torch.device("cpu")
-        self.ext = extractor if _is_original(extractor) else _original(str(device))
+        self.ext = _original(str(device))
         self.hw = _fit(content.shape[-2:])
         self.content = self._feats(content)
         self.style = self._feats(style)
@@ -54,14 +55,13 @@ class Referee:
                 "style": self._style_mse(f) / self.content_style_dist}
 
 
-def _is_original(ext: "Extractor | None") -> bool:
-    return ext is not None and (ext.arch, ext.weights_name, ext.pooling, ext.padding) == (
-        "vgg19", "original", "max", "zeros")
-
-
 @lru_cache(maxsize=None)
 def _original(device: str) -> Extractor:
-    return load_extractor(padding="zeros", device=device)
+    ext = load_extractor(padding="zeros", device=device)
+    for module in ext.features:
+        if isinstance(module, torch.nn.MaxPool2d):
+            module.ceil_mode = False  # VGG's own pooling (the pack pools in ceil mode)
+    return ext
 
 
 def _fit(hw) -> tuple:
