@@ -15,7 +15,7 @@ from .image import load_image, load_mask, save_image
 from .optimizer import Cancelled, Progress
 from .memory import is_out_of_memory
 from .presets import DEFAULT_PRESET, INITS, MIN_TILE, OPTIMIZERS, PRESETS, TILE_AUTO, TILE_OFF, get_preset
-from .cli_args import Parser, nonneg_float, pick_device, positive_int, style_layers_and_weights
+from .cli_args import STYLE_BALANCE_HELP, Parser, nonneg_float, pick_device, positive_int, style_layers_and_weights
 from .cli_checks import DEFAULT_MAX_SIZE, check_command
 from .cli_plan import add_plan_option, planned
 from .cli_threads import add_threads_option, resolve_threads, torch_threads
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET)
     t.add_argument("--content-weight", type=nonneg_float)
     t.add_argument("--style-weight", type=nonneg_float)
+    t.add_argument("--style-balance", type=nonneg_float, metavar="P", help=STYLE_BALANCE_HELP)
     t.add_argument("--style-blend", type=nonneg_float, nargs="+", metavar="W", help="one weight per style image")
     t.add_argument("--style-scale", type=float, default=1.0, help="style features scale relative to the output")
     _mask_options(t)
@@ -209,7 +210,7 @@ def run(args: argparse.Namespace) -> None:
                 return transfer(network(), content, styles, args.preset, size, args.content_layer, layers,
                                 weights, args.statistic, args.style_blend, args.style_scale, init,
                                 content_weight=args.content_weight, style_weight=args.style_weight,
-                                colors=args.colors, style_masks=masks, content_mask=cmask,
+                                style_balance=args.style_balance, colors=args.colors, style_masks=masks, content_mask=cmask,
                                 content_mask_strength=args.content_mask_strength,
                                 **{**callbacks, **settings, **over})
 

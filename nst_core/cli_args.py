@@ -11,6 +11,9 @@ from .jobs import resolve_device
 from .layers import parse_layers
 from .presets import get_preset
 
+STYLE_BALANCE_HELP = ("how much the style weight adapts to the pair: far styles are painted less hard, so the "
+                      "photo stays legible (default: the preset's; 0: a fixed style weight, the old look)")
+
 
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line, ``nst transfer: error: …`` and where the help is,

@@ -30,7 +30,7 @@ from .presets import DEFAULT_PRESET, INITS, PRESETS, Settings
 from .statistics import STATISTICS
 from .image import load_image, load_mask
 from .video import IMAGE_EXTENSIONS, is_video_path, list_images, open_frames, to_u8, write_video
-from .cli_args import nonneg_float, pick_device, positive_int, style_layers_and_weights
+from .cli_args import STYLE_BALANCE_HELP, nonneg_float, pick_device, positive_int, style_layers_and_weights
 from .cli_plan import planned_job
 
 DEFAULT_CHUNK = 24  # frames per Ray task: a 4-frame lead-in costs a sixth more
@@ -72,6 +72,7 @@ def add_frames_parser(sub: "argparse._SubParsersAction", common: Callable[[argpa
     f.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET)
     f.add_argument("--content-weight", type=nonneg_float)
     f.add_argument("--style-weight", type=nonneg_float)
+    f.add_argument("--style-balance", type=nonneg_float, metavar="P", help=STYLE_BALANCE_HELP)
     f.add_argument("--style-blend", type=nonneg_float, nargs="+", metavar="W", help="one weight per style image")
     f.add_argument("--style-scale", type=float, default=1.0)
     f.add_argument("--content-layer", help="layer whose activations are the content target (e.g. relu4_2)")
@@ -102,7 +103,7 @@ def spec_from_args(args: argparse.Namespace) -> EngineSpec:
     layers, weights = style_layers_and_weights(args)
     settings = dict(steps=args.steps, optimizer=args.optimizer, tv_weight=args.tv_weight, seed=args.seed,
                     content_weight=args.content_weight, style_weight=args.style_weight,
-                    checkpoint=args.checkpoint or None, compile=args.compile or None,
+                    style_balance=args.style_balance, checkpoint=args.checkpoint or None, compile=args.compile or None,
                     autocast_bf16=args.bf16, max_size=None if args.max_size == Settings.max_size else args.max_size)
     style_masks = getattr(args, "style_mask", None)
     if style_masks is not None and len(style_masks) != len(args.styles):

@@ -10,6 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from .balance import balanced_style_weight
 from .extractor import Extractor
 from .image import as_rgb_batch, fit_long_edge, interpolate, resize
 from .memory import check_tile_setting, device_free_bytes, fit_settings, is_auto_tile, lbfgs_history
@@ -168,6 +169,8 @@ def validate_settings(settings: Settings) -> None:
             raise ValueError(f"{name} must be a finite number ≥ 0; got {v}")
     if not (0 <= settings.pyramid_start <= 1):
         raise ValueError(f"pyramid_start must be in [0, 1] (a fraction of the output size); got {settings.pyramid_start}")
+    if settings.style_balance < 0:
+        raise ValueError(f"style_balance must be at least 0 (0: a fixed style weight); got {settings.style_balance}")
     if not (0 < settings.lr_decay <= 1):
         raise ValueError(f"lr_decay must be in (0, 1] (a factor per larger scale); got {settings.lr_decay}")
     if not (0 <= settings.ema_decay < 1):
@@ -292,6 +295,8 @@ def optimize(
     with torch.inference_mode(False), torch.enable_grad():
         x = None
         try:
+            run.settings = settings.replace(style_weight=balanced_style_weight(
+                extractor, content, regions, settings.style_weight, settings.style_balance, max(final_hw)))
             x = _initial_image(init, content, batch, sizes[0], extractor.device, settings.seed)
             for i, (hw, n) in enumerate(zip(sizes, plan)):
                 x = run.scale(i, len(sizes), hw, n, x)

@@ -327,3 +327,28 @@ def test_style_masks_make_regions_and_a_count_mismatch_is_one_line(images, tmp_p
     assert _run("transfer", content, style, style, "--style-mask", left, "-o", out, *common) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "1 style masks for 2 style images" in err[0]
+
+
+def test_style_balance_reaches_the_run_and_the_frames_spec(images, tmp_path, monkeypatch):
+    from nst_core.cli_frames import spec_from_args
+
+    content, style = images
+    seen = []
+    real = cli.transfer
+
+    def spy(*a, **k):
+        seen.append(k.get("style_balance"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(cli, "transfer", spy)
+    common = ["--weights", "random", "--size", "32", "--steps", "1", "--quiet", "--content-layer", "relu2_1",
+              "--style-layers", "relu1_1,relu2_1", "--device", "cpu", "-o", tmp_path / "o.png"]
+    assert _run("transfer", content, style, "--style-balance", "0", *common) == 0
+    assert _run("transfer", content, style, *common) == 0
+    assert seen == [0.0, None]  # None: the preset's
+    with pytest.raises(SystemExit) as bad:
+        _run("transfer", content, style, "--style-balance", "-1", *common)
+    assert bad.value.code == 2
+    args = build_parser().parse_args(["frames", str(tmp_path), str(style), "-o", str(tmp_path / "out"),
+                                      "--style-balance", "0.5"])
+    assert dict(spec_from_args(args).settings)["style_balance"] == 0.5
