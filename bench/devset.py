@@ -178,6 +178,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"{args.jobs} pair(s) at once; referee content / style (lower is better)"
               + ("; (change against --compare-to)" if before else ""))
         print_table(_matrix(results, before))
+        for pair, r in results.items():
+            if tuple(pair.split("×")) not in {(c, s) for c in CONTENTS for s in STYLES}:
+                b = (before or {}).get(pair)
+                print(f"{pair}: {r['content']:.3f} / {r['style']:.4f}" + (
+                    f" ({r['content'] - b['content']:+.3f} / {r['style'] - b['style']:+.4f})" if b else ""))
         secs = [r["seconds"] for r in results.values()]
         print(f"seconds per pair: median {sorted(secs)[len(secs) // 2]:.1f}, max {max(secs):.1f}; "
               f"contact sheet {sheet}")
