@@ -474,7 +474,11 @@ def test_channels_last_is_the_default_and_gives_the_same_image(rand_ext, content
     assert Settings().channels_last is True
     nhwc = optimize(rand_ext, content, style, "content", quick(steps=3))
     nchw = optimize(rand_ext, content, style, "content", quick(steps=3, channels_last=False))
-    assert torch.allclose(nhwc, nchw, atol=1e-3)
+    # the layouts' kernels sum in different orders; Adam's normalised step turns the rounding of
+    # near-zero gradients into steps of up to lr in a few pixels (measured on an AVX-512 CPU: mean
+    # 2.3e-4, max 0.015), while a layout bug would move every pixel
+    d = (nhwc - nchw).abs()
+    assert float(d.mean()) < 1e-3 and float(d.max()) < 0.05
 
 
 def test_the_pyramid_starts_at_a_fraction_of_the_output_size():
