@@ -48,7 +48,7 @@ def _common(p: argparse.ArgumentParser, default_init: str) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the network (slow start, for long runs)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="the network in bfloat16 (--bf16) or fp32 (--no-bf16); default: bf16 on CPUs with native "
-                        "bf16 (AMX, AVX-512 BF16), fp32 elsewhere. Losses and the W2 algebra stay exact")
+                        "bf16 (AMX, AVX-512 BF16) with Adam, fp32 elsewhere and with L-BFGS. Losses and the W2 algebra stay exact")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads_option(p)
     add_plan_option(p)

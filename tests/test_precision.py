@@ -215,3 +215,16 @@ def test_the_transport_is_exact_in_fp32_on_realistic_channel_counts():
     assert r32.dtype == torch.float32
     assert float((r32.double() - r_ref).norm() / r_ref.norm()) < 1e-3
     assert float(abs(w32 - w_ref).max() / w_ref.abs().max()) < 1e-3
+
+
+def test_bf16_by_default_for_adam_only_on_a_cpu_with_native_bf16(monkeypatch):
+    import nst_core.precision as precision
+    from nst_core import Settings
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert precision.use_bf16(Settings(optimizer="adam"), cpu)
+    assert not precision.use_bf16(Settings(optimizer="lbfgs"), cpu)  # its line search needs fp32 gradients
+    assert precision.use_bf16(Settings(optimizer="lbfgs", autocast_bf16=True), cpu)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert not precision.use_bf16(Settings(optimizer="adam"), cpu)
