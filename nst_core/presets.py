@@ -41,7 +41,7 @@ class Settings:
     preview_every: int = 0  # call the preview callback every N steps (0: never)
     max_size: int = 4096  # refuse outputs whose long edge is larger (memory and time grow with its square)
     channels_last: bool = True  # NHWC network on CPU and CUDA (measured faster on the CPU; see BENCHMARKS.md)
-    autocast_bf16: Optional[bool] = None  # network in bf16; None: on CPUs with native bf16 only. Losses stay fp32
+    autocast_bf16: Optional[bool] = None  # network in bf16; None: Adam on CPUs with native bf16 only. Losses stay fp32
     # tiles (tiles.py): "auto" or 0 (the default): only when the whole image would not fit in the usable
     # free memory (memory.fit_settings: checkpointing first, then the largest tile that fits); "off":
     # never; N px (≥ 16): the scales whose long edge is above N run in tiles of N px
