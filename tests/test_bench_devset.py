@@ -1,4 +1,4 @@
-"""bench/devset.py: its overrides and its contact sheet (the runs themselves need ../shared/images)."""
+"""bench/devset.py: its overrides and its contact sheet (the runs themselves need the benchmark images)."""
 
 import pytest
 from PIL import Image
