@@ -98,11 +98,17 @@ class StyleTransferOptimizeNode:
                                "memory. N: evaluate the scales larger than N px in N-px tiles (with a halo, the "
                                "grid shifted every step): memory follows the tile, not the image; slower.",
                 }),
+                "style_balance": ("FLOAT", {
+                    "default": 1.0, "min": 0.0, "max": 4.0, "step": 0.25,
+                    "tooltip": "Multiplies the schedule's balance for the pair: a style far from the photo is "
+                               "painted less hard, so the photo stays legible. 0 = a fixed style weight (the "
+                               "earlier look; with layer_weights 4,2,1,1,1 on the style target).",
+                }),
             },
         }
 
     def run(self, extractor, schedule, steps, content_weight, style_weight, tv_weight, size, init, init_seed,
-            colors="style", content_target=None, style_target=None, init_image=None, tile=0):
+            colors="style", content_target=None, style_target=None, init_image=None, tile=0, style_balance=1.0):
         if content_target is None and style_target is None:
             raise ValueError("NST Style Transfer Optimize needs a content_target, a style_target, or both; link one")
         check_extractor(extractor)
@@ -116,6 +122,7 @@ class StyleTransferOptimizeNode:
             content_weight=base.content_weight * content_weight,
             style_weight=base.style_weight * style_weight,
             tv_weight=base.tv_weight * tv_weight,
+            style_balance=base.style_balance * style_balance,
             seed=init_seed,
             tile=int(tile) or TILE_AUTO,  # the widget's 0 is Settings' "auto" (0 means that there too)
         )

@@ -200,7 +200,7 @@ CLI_NAME = {"schedule": "preset", "init_seed": "seed", "architecture": "arch"}  
 # node inputs whose default is spelt differently on the CLI (checked one by one below) or has no CLI option
 SPELT_DIFFERENTLY = {"steps", "content_weight", "style_weight", "tv_weight", "init", "weights", "statistic",
                      "layer", "layers", "custom_layers", "layer_weights", "weight", "blend_weight", "mask_strength",
-                     "tile"}
+                     "tile", "style_balance"}
 
 
 @pytest.mark.parametrize("command", ["transfer", "texture"])
@@ -226,6 +226,7 @@ def test_cli_defaults_are_the_nodes_defaults(pack, command):
     assert args.steps is None and opt["steps"] == 0
     assert args.tile == "auto" and opt["tile"] == 0  # tiles only when the whole image does not fit
     assert args.tv_weight is None and opt["tv_weight"] == 1.0
+    assert getattr(args, "style_balance", None) is None and opt["style_balance"] == 1.0  # the preset's
     assert args.optimizer is None  # the node has no optimiser choice: the preset's
     # with its default 'auto' the node starts from the content image, or from noise for a texture
     assert opt["init"] == "auto" and args.init == ("content" if command == "transfer" else "noise")

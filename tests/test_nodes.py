@@ -373,3 +373,22 @@ def test_an_all_black_mask_from_an_image_without_alpha_says_why_and_how_to_fix(n
     else:
         assert build(torch.zeros(1, 40, 56)).mask is not None
     assert build(torch.full((1, 64, 64), 0.5)).mask is not None  # a real mask of that size is taken
+
+
+def test_style_balance_multiplies_the_schedules_balance(nodes, extractor, monkeypatch):
+    module = sys.modules[type(nodes["NST_StyleTransferOptimize"]).__module__]
+    seen = []
+    real = module.optimize
+
+    def spy(ext, content, regions, start, settings, *a, **k):
+        seen.append(settings.style_balance)
+        return real(ext, content, regions, start, settings, *a, **k)
+
+    monkeypatch.setattr(module, "optimize", spy)
+    with torch.inference_mode():
+        st = _style(nodes, extractor, torch.rand(1, 48, 48, 3))
+        ct = nodes["NST_ContentTarget"].build(extractor, torch.rand(1, 40, 40, 3), "relu3_1", 1.0)[0]
+        off = _optimize(nodes, extractor, content_target=ct, style_target=st, style_balance=0.0)
+        on = _optimize(nodes, extractor, content_target=ct, style_target=st)
+    assert seen == [0.0, 1.0]  # fast's balance is 1; 0 on the node turns it off
+    assert not torch.equal(off, on)
