@@ -74,7 +74,8 @@ def test_object_info_lists_the_nodes_with_their_inputs(comfy):
     assert set(opt("NST_GramStyleTarget")) == {"add_to", "blend_weight", "mask"}
     assert {"schedule", "steps", "content_weight", "style_weight", "tv_weight", "size", "init_seed"} <= set(
         req("NST_StyleTransferOptimize"))
-    assert set(opt("NST_StyleTransferOptimize")) == {"content_target", "style_target", "init_image", "colors", "tile"}
+    assert set(opt("NST_StyleTransferOptimize")) == {"content_target", "style_target", "init_image", "colors", "tile",
+                                                     "style_balance"}
     assert opt("NST_StyleTransferOptimize")["colors"][0] == ["style", "luminance", "match"]
     assert set(req("NST_MatchColors")) == {"image", "reference"}
     assert set(req("NST_LayerExplorer")) == {"extractor", "content", "cell_size", "steps"}
