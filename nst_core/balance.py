@@ -41,7 +41,8 @@ def style_distance(extractor: Extractor, content: ContentTarget, regions: Sequen
     edge = min(int(long_edge), ANALYSIS_EDGE)
     image = resize_long_edge(content.image[:1].to(extractor.device), edge)
     layers = sorted({n for r in regions for n in r.layers})
-    with torch.no_grad():
+    # outside inference mode: the style targets computed here are kept (memo) for the optimisation
+    with torch.inference_mode(False), torch.no_grad():
         feats = extractor(image, layers)
         total = mass = 0.0
         for r in regions:

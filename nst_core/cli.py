@@ -48,7 +48,8 @@ def _common(p: argparse.ArgumentParser, default_init: str) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the network (slow start, for long runs)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                    help="the network in bfloat16 (--bf16) or fp32 (--no-bf16); default: bf16 on CPUs with native "
-                        "bf16 (AMX, AVX-512 BF16) with Adam, fp32 elsewhere and with L-BFGS. Losses and the W2 algebra stay exact")
+                        "bf16 (AMX, AVX-512 BF16) with Adam, fp32 elsewhere and with L-BFGS. Losses and the W2 "
+                        "algebra stay exact")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads_option(p)
     add_plan_option(p)
@@ -210,8 +211,8 @@ def run(args: argparse.Namespace) -> None:
                 return transfer(network(), content, styles, args.preset, size, args.content_layer, layers,
                                 weights, args.statistic, args.style_blend, args.style_scale, init,
                                 content_weight=args.content_weight, style_weight=args.style_weight,
-                                style_balance=args.style_balance, colors=args.colors, style_masks=masks, content_mask=cmask,
-                                content_mask_strength=args.content_mask_strength,
+                                style_balance=args.style_balance, colors=args.colors, style_masks=masks,
+                                content_mask=cmask, content_mask_strength=args.content_mask_strength,
                                 **{**callbacks, **settings, **over})
 
             job = (content.shape[-2:], layers + [args.content_layer or preset.content_layer], statistic, layers,

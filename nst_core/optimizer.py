@@ -291,12 +291,12 @@ def optimize(
     plan = steps_per_scale(settings, len(sizes))
     check_compile(settings, extractor.device)
     settings = resolve_tile(settings, extractor, final_hw, content, regions, batch)
+    settings = settings.replace(style_weight=balanced_style_weight(
+        extractor, content, regions, settings.style_weight, settings.style_balance, max(final_hw)))
     run = _Run(extractor, settings, content, regions, progress, preview, cancel, sum(plan), extra_loss)
     with torch.inference_mode(False), torch.enable_grad():
         x = None
         try:
-            run.settings = settings.replace(style_weight=balanced_style_weight(
-                extractor, content, regions, settings.style_weight, settings.style_balance, max(final_hw)))
             x = _initial_image(init, content, batch, sizes[0], extractor.device, settings.seed)
             for i, (hw, n) in enumerate(zip(sizes, plan)):
                 x = run.scale(i, len(sizes), hw, n, x)
