@@ -30,22 +30,58 @@ class ScaledAvgPool2d(nn.AvgPool2d):
         return super().forward(x) * self.scale
 
 
+class EdgePad(torch.autograd.Function):
+    """Pads ``[B,C,H,W]`` by one pixel that repeats the edge (``F.pad(x, (1,) * 4, mode="replicate")``).
+
+    Its own backward (the interior of the gradient plus the border summed onto the edge) keeps the
+    memory format. On a CPU in bf16 and channels_last, torch's replication pad and its backward made a
+    VGG pass 1.5–1.6× as slow as zero padding; this one, 1.15–1.2× (``python -m bench.padding``).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        fmt = torch.channels_last if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last) else torch.contiguous_format
+        out = torch.empty((*x.shape[:-2], x.shape[-2] + 2, x.shape[-1] + 2), dtype=x.dtype, device=x.device,
+                          memory_format=fmt)
+        out[..., 1:-1, 1:-1] = x
+        out[..., :1, 1:-1] = x[..., :1, :]
+        out[..., -1:, 1:-1] = x[..., -1:, :]
+        out[..., :, :1] = out[..., :, 1:2]
+        out[..., :, -1:] = out[..., :, -2:-1]
+        ctx.fmt = fmt
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        gx = g[..., 1:-1, 1:-1].clone(memory_format=ctx.fmt)
+        gx[..., :1, :] += g[..., :1, 1:-1]
+        gx[..., -1:, :] += g[..., -1:, 1:-1]
+        gx[..., :, :1] += g[..., 1:-1, :1]
+        gx[..., :, -1:] += g[..., 1:-1, -1:]
+        for r in (0, -1):  # a corner of the pad repeats a corner pixel
+            for c in (0, -1):
+                gx[..., r, c] += g[..., r, c]
+        return gx
+
+
 class EdgeConv2d(nn.Conv2d):
-    """A 3×3 convolution padded by repeating the edge pixels instead of zeros.
+    """A 3×3 convolution padded by repeating the edge pixels instead of zeros (:class:`EdgePad`).
 
     Zero padding makes every layer's border activations unlike the interior's; the optimiser answers
     with a dark or bright frame several pixels wide (deep layers' borders are 8–16 px of the image).
-    Under ``torch.compile`` the pad is built from slices (inductor cannot lower its backward).
+    Under ``torch.compile`` the pad is built from slices (inductor cannot lower a custom backward).
     """
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(cin, cout, 3, padding=1, padding_mode="replicate")
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
-        if not torch.compiler.is_compiling():
-            return super()._conv_forward(x, weight, bias)
-        x = torch.cat([x[..., :1, :], x, x[..., -1:, :]], dim=-2)
-        x = torch.cat([x[..., :, :1], x, x[..., :, -1:]], dim=-1)
+        if torch.compiler.is_compiling():
+            x = torch.cat([x[..., :1, :], x, x[..., -1:, :]], dim=-2)
+            x = torch.cat([x[..., :, :1], x, x[..., :, -1:]], dim=-1)
+        else:
+            x = EdgePad.apply(x)
         return F.conv2d(x, weight, bias)
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
 import nst_core
-from nst_core.extractor import EdgeConv2d, ScaledAvgPool2d, build_features
+from nst_core.extractor import EdgeConv2d, EdgePad, ScaledAvgPool2d, build_features
 from nst_core.layers import layer_index
 from nst_core.weights import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD, LoadedWeights, load_random
 
@@ -163,6 +163,28 @@ def test_the_compiled_edge_pad_is_the_eager_one(monkeypatch):
     sliced = conv(x)
     (g_sliced,) = torch.autograd.grad(sliced.square().sum(), x)
     assert torch.allclose(eager, sliced, atol=1e-6) and torch.allclose(g_eager, g_sliced, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (1, 5), (6, 1), (2, 2), (7, 9)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_edge_pad_is_torchs_replication_pad(hw, channels_last):
+    """EdgePad's values and gradient are F.pad(..., "replicate")'s; it keeps the memory format."""
+    x = torch.randn(2, 3, *hw, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    out = EdgePad.apply(x)
+    assert torch.equal(out, F.pad(x, (1, 1, 1, 1), mode="replicate"))
+    wide = min(hw) > 1  # (a side of 1 is contiguous in both formats)
+    if wide:
+        assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert torch.autograd.gradcheck(EdgePad.apply, (x,))
+    g = torch.randn_like(out)
+    (mine,) = torch.autograd.grad(out, x, g)
+    (torchs,) = torch.autograd.grad(F.pad(x, (1, 1, 1, 1), mode="replicate"), x, g)
+    assert torch.allclose(mine, torchs, atol=1e-12)
+    if wide:
+        assert mine.is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
 def test_avg_pooling_is_twice_avg_pool2d(rand_ext, rand_ext_avg, images):
