@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from typing import Callable, Dict, List
 from unittest import mock
 
@@ -26,19 +25,16 @@ from nst_core import load_extractor
 from nst_core.layers import layer_index
 
 from .common import bench_images, describe_device, print_table
+from .iteration import bare_pass
 
 DEEPEST = "relu5_1"
 
 
 def one_pass(ext, image: torch.Tensor, bf16: bool) -> float:
-    """Seconds of a forward to ``DEEPEST`` and a backward to ``image``."""
-    net = ext.features[: layer_index(ext.arch, DEEPEST) + 1]
+    """Seconds of a forward to ``DEEPEST`` and a backward to ``image`` (channels_last, bf16 autocast)."""
     x = image.contiguous(memory_format=torch.channels_last).requires_grad_(True)
-    t = time.perf_counter()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        y = net(ext.preprocess(x))
-    y.float().sum().backward()
-    return time.perf_counter() - t
+        return bare_pass(ext, x, layer_index(ext.arch, DEEPEST))
 
 
 def torch_pad(x: torch.Tensor) -> torch.Tensor:

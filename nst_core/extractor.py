@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from .image import memory_format_of
 from .layers import BLOCK_CHANNELS, layer_index, layer_names, min_input_edge
 from .weights import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD, LoadedWeights, resolve
 
@@ -40,8 +41,7 @@ class EdgePad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        fmt = torch.channels_last if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(
-            memory_format=torch.channels_last) else torch.contiguous_format
+        fmt = memory_format_of(x)
         out = torch.empty((*x.shape[:-2], x.shape[-2] + 2, x.shape[-1] + 2), dtype=x.dtype, device=x.device,
                           memory_format=fmt)
         out[..., 1:-1, 1:-1] = x

@@ -122,6 +122,11 @@ def fit_long_edge(hw: Tuple[int, int], long_edge: int) -> Tuple[int, int]:
     return max(1, round(h * s)), max(1, round(w * s))
 
 
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """The memory format of ``t`` (``channels_last`` when its channels are the innermost dimension)."""
+    return torch.channels_last if t.dim() == 4 and t.stride(1) == 1 and t.shape[1] > 1 else torch.contiguous_format
+
+
 def resize(image: torch.Tensor, hw: Tuple[int, int]) -> torch.Tensor:
     """Resize ``[B,C,H,W]`` to ``hw`` (antialiased bicubic when shrinking), clamped to 0..1."""
     if tuple(image.shape[-2:]) == tuple(hw):

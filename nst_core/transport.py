@@ -26,6 +26,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import statistics as st
+from .image import memory_format_of
 from .statistics import LayerStyle
 
 
@@ -104,11 +105,6 @@ class _Pull(torch.autograd.Function):
         return (g if weights is None else g.mul_(weights)), None, None, None
 
 
-def _layout(f: torch.Tensor) -> torch.memory_format:
-    """The memory format of features ``f`` (NHWC when channels are the innermost dimension)."""
-    return torch.channels_last if f.dim() == 4 and f.stride(1) == 1 and f.shape[1] > 1 else torch.contiguous_format
-
-
 class W2Style:
     """One layer's W2 style loss over an image (mean over the batch, divided by the target's magnitude),
     evaluated piece by piece: the pieces are the tiles of :class:`.objective.Objective`, or one, the whole.
@@ -160,7 +156,7 @@ class W2Style:
             else:
                 shape = (*f.shape[:2], *self.grid)
                 if self.goal is None or tuple(self.goal.shape) != shape:
-                    self.goal = torch.empty(shape, dtype=f.dtype, device=f.device, memory_format=_layout(f))
+                    self.goal = torch.empty(shape, dtype=f.dtype, device=f.device, memory_format=memory_format_of(f))
                 goal = self.goal[..., rows, cols]
             goal.copy_(self.map.residual(f.detach().flatten(2)).reshape(f.shape)).neg_().add_(f.detach())
         else:
