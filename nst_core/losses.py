@@ -46,8 +46,9 @@ class _Affine(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: D102
         f, matrix, weights = ctx.saved_tensors
-        g = torch.einsum("bij,bjhw->bihw", matrix, f).mul_(grad)
-        return (g if weights is None else g.mul_(weights)), None, None
+        g = torch.einsum("bij,bjhw->bihw", matrix, f.to(matrix.dtype)).mul_(grad)
+        g = g if weights is None else g.mul_(weights)
+        return g.to(f.dtype), None, None
 
 
 class GramStyle:

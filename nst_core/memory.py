@@ -14,13 +14,14 @@ checkpointed and tiled, fp32 and bf16, W2 and Gram):
   feature goals of every style layer (kept between refreshes, fp32);
 - **saved for the backward pass**: the input's preprocessing copies, two tensors per conv (its output,
   which its in-place ReLU shares, and its edge-padded input), each pooling's output and indices
-  (int64), the clone of a captured conv output and, in bf16, the fp32 copies of the captured layers
-  the losses read. With checkpointing only the pieces' outputs (captured layers and poolings) stay,
-  and one piece at a time is recomputed;
+  (int64) and the clone of a captured conv output (the losses read the features in the network's dtype).
+  With checkpointing only the pieces' outputs (captured layers and poolings) stay, and one piece at a
+  time is recomputed;
 - **the peak** is the larger of two moments: the backward pass's start (every style and content
   gradient at once; with checkpointing, the deepest point of the walk back through the pieces) and,
   for W2, a refresh (the float64 copy of a layer and its centred copy, in chunks of at most 2^24
-  elements, or the residual and the new goal, next to the previous goals).
+  elements, or the residual and the new goal, and in bf16 the layer's fp32 copy, next to the previous
+  goals).
 
 A tiled run (``nst_core.tiles``) keeps the image-sized buffers (optimiser, content features, W2 goals,
 smoothness) and runs one crop (tile + 2·halo) at a time: the larger of its gradient pass and its
@@ -94,7 +95,6 @@ def _pass(hw: Tuple[int, int], layers: Sequence[str], style: Sequence[str], batc
     pixels = hw[0] * hw[1] * batch
     bf16 = act < 4
     inputs = 4 * 3 * pixels * 4 + (3 * pixels * act if bf16 else 0)  # channels_last, ×scale, −mean, flip; cast
-    copies = sum(elems[n] * 4 for n in captured) if bf16 else 0  # fp32 copies the losses read
     clones = sum(elems[n] * act for n in captured if n.startswith("conv"))  # a hooked conv output is cloned
 
     names = list(elems)
@@ -109,7 +109,7 @@ def _pass(hw: Tuple[int, int], layers: Sequence[str], style: Sequence[str], batc
 
     grads = sum(elems[n] * 4 for n in captured)  # every loss's gradient at the backward pass's start
     if not checkpoint:
-        saved = inputs + copies + clones + sum(saved_by(n) for n in names)
+        saved = inputs + clones + sum(saved_by(n) for n in names)
         backward = grads
     else:  # pieces end at the captured layers and the poolings (Extractor._cuts)
         ends = [i for i, n in enumerate(names) if n in captured or n.startswith("pool")]
@@ -118,7 +118,7 @@ def _pass(hw: Tuple[int, int], layers: Sequence[str], style: Sequence[str], batc
             pieces.append(names[start : end + 1])
             start = end + 1
         outputs = [elems[p[-1]] * act for p in pieces]
-        saved = inputs + copies + clones + sum(outputs)
+        saved = inputs + clones + sum(outputs)
         backward = grads
         for k in range(len(pieces) - 1, -1, -1):  # the walk back: piece k recomputed, deeper ones freed
             kept = inputs + clones + sum(outputs[: k + 1])
@@ -127,7 +127,8 @@ def _pass(hw: Tuple[int, int], layers: Sequence[str], style: Sequence[str], batc
             backward = max(backward, kept + pending + here - saved)
     refresh = 0
     if statistic == "moments" and style:
-        refresh = max(max(2 * min(elems[n], CHUNK_ELEMENTS) * refresh_dtype, 2 * elems[n] * 4) for n in style)
+        refresh = max(max(2 * min(elems[n], CHUNK_ELEMENTS) * refresh_dtype, (3 if bf16 else 2) * elems[n] * 4)
+                      for n in style)
     return _Pass(saved, backward, refresh)
 
 

@@ -110,13 +110,14 @@ class Objective:
 
     def _owned(self, feats: Dict[str, torch.Tensor], tile: Tile,
                names: Optional[Set[str]] = None) -> Dict[str, Tuple[torch.Tensor, slice, slice]]:
-        """Per layer (of ``names``, default all): the features (fp32) of ``tile``'s positions, and their
-        (rows, cols) on the layer's whole grid."""
+        """Per layer (of ``names``, default all): the features of ``tile``'s positions, in the network's
+        dtype (bf16 stays bf16: each term computes in fp32 or better), and their (rows, cols) on the
+        layer's whole grid."""
         out = {}
         for n, f in feats.items():
             if names is None or n in names:
                 (gy, gx), (ly, lx) = self.geo.owned(tile, n)
-                out[n] = ((f[..., ly, lx] if self.tiled else f).float(), gy, gx)  # (one tile owns all: no slice)
+                out[n] = (f[..., ly, lx] if self.tiled else f, gy, gx)  # (one tile owns all: no slice)
         return out
 
     def _gather(self, stats: Dict[Key, object], owned: Dict[str, Tuple[torch.Tensor, slice, slice]]) -> None:

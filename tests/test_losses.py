@@ -81,6 +81,21 @@ def test_gram_style_loss_by_hand(relu_feats):
     assert torch.allclose(style_loss(b, target), want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("statistic", ["gram", "gram_normalized"])
+def test_a_gram_term_reads_bf16_features_in_fp32(relu_feats, statistic):
+    """bf16 features (the network under autocast) give the value of their fp32 copy, and its gradient
+    rounded once to bf16: the products of the statistic and of the pull are not taken in bf16."""
+    a, b = relu_feats
+    target = LayerStyle.prepare(statistic, st.compute(statistic, a))
+    low = b.bfloat16().requires_grad_(True)
+    exact = low.detach().float().requires_grad_(True)
+    v_low, v_exact = style_loss(low, target), style_loss(exact, target)
+    (g_low,) = torch.autograd.grad(v_low, low)
+    (g_exact,) = torch.autograd.grad(v_exact, exact)
+    assert torch.equal(v_low.float(), v_exact)
+    assert g_low.dtype == torch.bfloat16 and torch.equal(g_low, g_exact.bfloat16())
+
+
 def test_moments_loss_is_the_w2_distance_of_gaussians():
     """For 1 channel the W2 distance is (μ₁−μ₂)² + (σ₁−σ₂)² (up to the tiny eps on the variance)."""
     gen = torch.Generator().manual_seed(0)

@@ -61,10 +61,12 @@ def test_checkpointing_lowers_the_estimate_and_the_w2_goals_are_counted():
     assert plain - gram > 4 * 64 * 1024 * 1024
 
 
-def test_bf16_counts_half_the_activations_and_the_fp32_copies_the_losses_read():
+def test_bf16_counts_half_the_activations_and_no_fp32_copies_of_the_features():
     fp32 = estimate_bytes((1024, 1024), LAYERS, QUALITY.settings.replace(autocast_bf16=False), style_layers=STYLE)
     bf16 = estimate_bytes((1024, 1024), LAYERS, QUALITY.settings.replace(autocast_bf16=True), style_layers=STYLE)
-    assert 0.8 * fp32 < bf16 < fp32  # activations halve; the captured layers' fp32 copies come on top
+    # activations halve; the fp32 buffers (image, Adam, W2 goals, gradients) do not; the losses read the
+    # bf16 features themselves (an fp32 copy of each captured layer put the ratio at 0.87)
+    assert 0.6 * fp32 < bf16 < 0.83 * fp32
 
 
 def test_the_plan_turns_on_checkpointing_then_refuses_with_a_size_that_fits():

@@ -7,7 +7,8 @@ import torch
 
 from nst_core import statistics as st
 from nst_core.statistics import LayerStyle
-from nst_core.transport import W2Style, transport_residual
+from nst_core import transport
+from nst_core.transport import W2Style, scaled_difference, transport_residual
 
 
 def reference_w2(x: torch.Tensor, target: LayerStyle) -> torch.Tensor:
@@ -95,6 +96,41 @@ def test_refresh_happens_on_the_first_call_and_on_a_new_shape(pair):
     assert loss(x, refresh=False).item() > 0  # first call: exact value
     assert loss(x[:1], refresh=False).item() > 0  # batch changed: exact again
     assert loss(x[:1], refresh=False).item() == 0.0
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_scaled_difference_in_blocks_is_the_whole_tensors(monkeypatch, dtype, channels_last):
+    """Block by block (here 3 rows at a time, the last block short), each value is the one whole-tensor
+    passes give: F − Y in fp32, times the scale and the weights, rounded once to F's dtype and layout."""
+    monkeypatch.setattr(transport, "BLOCK_ELEMENTS", 2 * 5 * 11 * 3)
+    gen = torch.Generator().manual_seed(1)
+    f = torch.randn((2, 5, 10, 11), generator=gen).to(dtype)
+    if channels_last:
+        f = f.contiguous(memory_format=torch.channels_last)
+    goal = torch.randn((2, 5, 10, 11), generator=gen)
+    weights = torch.rand((1, 1, 10, 11), generator=gen)
+    scale = torch.tensor(0.37)
+    for w in (None, weights):
+        want = (f.float() - goal) * scale * (1 if w is None else w)
+        got = scaled_difference(f, goal, scale, w)
+        assert got.dtype == dtype and torch.equal(got, want.to(dtype))
+        assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    window = (Ellipsis, slice(2, 9), slice(1, 7))  # a tile's view: strided, not dense
+    assert torch.equal(scaled_difference(f[window], goal[window], scale), ((f[window].float() - goal[window]) * scale).to(dtype))
+
+
+def test_bf16_features_pull_with_an_fp32_goal_and_a_gradient_in_their_dtype(pair):
+    """bf16 features (the network under autocast) are read as they are: the refresh forms Y in fp32,
+    and the gradient, in bf16, is the fp32 features' rounded once."""
+    x, target = pair
+    low = x.float().bfloat16().requires_grad_(True)
+    exact = low.detach().float().requires_grad_(True)
+    term_low, term_exact = W2Style(target), W2Style(target)
+    (g_low,) = torch.autograd.grad(term_low(low, refresh=True), low)
+    (g_exact,) = torch.autograd.grad(term_exact(exact, refresh=True), exact)
+    assert term_low.goal.dtype == torch.float32 and torch.equal(term_low.goal, term_exact.goal)
+    assert g_low.dtype == torch.bfloat16 and torch.equal(g_low, g_exact.bfloat16())
 
 
 def test_a_gram_target_is_refused():
