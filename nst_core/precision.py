@@ -58,6 +58,12 @@ def _probe_float64(device: torch.device) -> bool:
         return False
 
 
+def loss_dtype(features: torch.dtype) -> torch.dtype:
+    """What the losses compute in for features of dtype ``features``: fp32 or better (the network's
+    bf16 or fp16 activations are read as they are and widened where a loss uses them)."""
+    return torch.promote_types(features, torch.float32)
+
+
 def precise_dtype(device: torch.device) -> torch.dtype:
     """float64 where ``device`` has it, else float32 (reductions there see no TF32: MPS, DirectML, Arc)."""
     return torch.float64 if has_float64(device) else torch.float32

@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .precision import algebra_device, one_thread, precise_dtype
+from .precision import algebra_device, loss_dtype, one_thread, precise_dtype
 
 STATISTICS = ("gram_normalized", "gram", "moments")
 
@@ -141,7 +141,7 @@ class SecondMoment:
     def add(self, f: torch.Tensor, weights: Optional[torch.Tensor] = None) -> "SecondMoment":
         """Fold in flat features ``[B,C,N]`` with optional weights ``[B or 1,1,N]``; returns self."""
         with torch.no_grad():
-            f = f.float() if f.dtype in (torch.float16, torch.bfloat16) else f  # (the products in fp32 or better)
+            f = f.to(loss_dtype(f.dtype))
             s = ((f if weights is None else f * weights) @ f.transpose(-1, -2)).to(precise_dtype(f.device))
             m = (torch.full((f.shape[0],), float(f.shape[-1]), device=f.device) if weights is None
                  else weights.expand(f.shape[0], 1, -1).sum((-1, -2))).to(s.dtype)

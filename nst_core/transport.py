@@ -27,6 +27,7 @@ import torch
 
 from . import statistics as st
 from .image import memory_format_of
+from .precision import loss_dtype
 from .statistics import LayerStyle
 
 
@@ -172,7 +173,7 @@ class W2Style:
     def pull(self, f: torch.Tensor, rows: slice, cols: slice, refreshed: bool) -> torch.Tensor:
         """0, with the gradient of the W2 loss (refreshed) or of its bound for a piece's features."""
         if refreshed or not self.store_goals:  # Y = F − residual, formed in the features' layout
-            dtype = torch.promote_types(f.dtype, torch.float32)  # (bf16 features: Y and the residual in fp32)
+            dtype = loss_dtype(f.dtype)  # (bf16 features: Y and the residual in fp32)
             if not self.store_goals:
                 goal = torch.empty_like(f, dtype=dtype)
             else:

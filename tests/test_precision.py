@@ -228,3 +228,11 @@ def test_bf16_by_default_for_adam_only_on_a_cpu_with_native_bf16(monkeypatch):
     assert precision.use_bf16(Settings(optimizer="lbfgs", autocast_bf16=True), cpu)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert not precision.use_bf16(Settings(optimizer="adam"), cpu)
+
+
+def test_the_losses_compute_in_fp32_or_better():
+    """bf16 and fp16 features are widened to fp32; fp32 and float64 ones stay as they are."""
+    assert precision.loss_dtype(torch.bfloat16) == torch.float32
+    assert precision.loss_dtype(torch.float16) == torch.float32
+    assert precision.loss_dtype(torch.float32) == torch.float32
+    assert precision.loss_dtype(torch.float64) == torch.float64

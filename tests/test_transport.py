@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from nst_core import statistics as st
-from nst_core.statistics import LayerStyle
 from nst_core import transport
+from nst_core.statistics import LayerStyle
 from nst_core.transport import W2Style, scaled_difference, transport_residual
 
 
@@ -117,7 +117,8 @@ def test_the_scaled_difference_in_blocks_is_the_whole_tensors(monkeypatch, dtype
         assert got.dtype == dtype and torch.equal(got, want.to(dtype))
         assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
     window = (Ellipsis, slice(2, 9), slice(1, 7))  # a tile's view: strided, not dense
-    assert torch.equal(scaled_difference(f[window], goal[window], scale), ((f[window].float() - goal[window]) * scale).to(dtype))
+    want = ((f[window].float() - goal[window]) * scale).to(dtype)
+    assert torch.equal(scaled_difference(f[window], goal[window], scale), want)
 
 
 def test_bf16_features_pull_with_an_fp32_goal_and_a_gradient_in_their_dtype(pair):
