@@ -49,8 +49,9 @@ class StyleTransferOptimizeNode:
                 "schedule": (list(PRESETS), {"default": DEFAULT_PRESET, "tooltip": schedule_tooltip()}),
                 "steps": ("INT", {
                     "default": 0, "min": 0, "max": 10000,
-                    "tooltip": "Iterations at each pyramid scale (the smallest scale gets more, in the schedule's "
-                               "ratio); 0 = the schedule's. On a CPU keep size and steps small.",
+                    "tooltip": "Iterations at each pyramid scale (the smallest scale gets more, the later ones "
+                               "whose deep layers see a coarse copy fewer, in the schedule's ratios); 0 = the "
+                               "schedule's. On a CPU keep size and steps small.",
                 }),
                 "content_weight": ("FLOAT", {
                     "default": 1.0, "min": 0.0, "max": 1000.0, "step": 0.05,
@@ -104,11 +105,19 @@ class StyleTransferOptimizeNode:
                                "painted less hard, so the photo stays legible. 0 = a fixed style weight (the "
                                "earlier look; with layer_weights 4,2,1,1,1 on the style target).",
                 }),
+                "coarse_scale": ("FLOAT", {
+                    "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
+                    "tooltip": "0 = the schedule's (0.5 in quality). At the pyramid scales after the first, the "
+                               "network's deep blocks (4-5) see the image at this fraction of its size: large "
+                               "strokes stay as the first scale set them, and a step is faster. 1 = every layer "
+                               "at the full size (the earlier look); at least 0.25.",
+                }),
             },
         }
 
     def run(self, extractor, schedule, steps, content_weight, style_weight, tv_weight, size, init, init_seed,
-            colors="style", content_target=None, style_target=None, init_image=None, tile=0, style_balance=1.0):
+            colors="style", content_target=None, style_target=None, init_image=None, tile=0, style_balance=1.0,
+            coarse_scale=0.0):
         if content_target is None and style_target is None:
             raise ValueError("NST Style Transfer Optimize needs a content_target, a style_target, or both; link one")
         check_extractor(extractor)
@@ -123,6 +132,7 @@ class StyleTransferOptimizeNode:
             style_weight=base.style_weight * style_weight,
             tv_weight=base.tv_weight * tv_weight,
             style_balance=base.style_balance * style_balance,
+            coarse_scale=coarse_scale or None,  # 0: the schedule's
             seed=init_seed,
             tile=int(tile) or TILE_AUTO,  # the widget's 0 is Settings' "auto" (0 means that there too)
         )

@@ -15,7 +15,8 @@ from .image import load_image, load_mask, save_image
 from .optimizer import Cancelled, Progress
 from .memory import is_out_of_memory
 from .presets import DEFAULT_PRESET, INITS, MIN_TILE, OPTIMIZERS, PRESETS, TILE_AUTO, TILE_OFF, get_preset
-from .cli_args import STYLE_BALANCE_HELP, Parser, nonneg_float, pick_device, positive_int, style_layers_and_weights
+from .cli_args import (STYLE_BALANCE_HELP, Parser, coarse_scale, nonneg_float, pick_device, positive_int,
+                       style_layers_and_weights)
 from .cli_checks import DEFAULT_MAX_SIZE, check_command
 from .cli_plan import add_plan_option, planned
 from .cli_threads import add_threads_option, resolve_threads, torch_threads
@@ -29,11 +30,17 @@ def _common(p: argparse.ArgumentParser, default_init: str) -> None:
     p.add_argument("--size", type=positive_int, default=512, help="long edge of the output in px (default 512)")
     p.add_argument("--max-size", type=positive_int, default=DEFAULT_MAX_SIZE, metavar="PX",
                    help=f"refuse a --size above this (default {DEFAULT_MAX_SIZE}; memory grows with its square)")
-    p.add_argument("--steps", type=positive_int, help="iterations per pyramid scale (default: the preset's)")
+    p.add_argument("--steps", type=positive_int,
+                   help="iterations per pyramid scale (default: the preset's; the first scale and the scales with "
+                        "a coarse copy keep the preset's ratios to it)")
     p.add_argument("--init", default=default_init,
                    help=f"start image: {', '.join(INITS)} or an image path (default {default_init})")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="override the preset's optimiser")
     p.add_argument("--tv-weight", type=nonneg_float, help="smoothness weight")
+    p.add_argument("--coarse-scale", type=coarse_scale, metavar="F",
+                   help="at the pyramid scales after the first, blocks 4-5 of the network see the image resized by "
+                        "F (0.25-1; default: the preset's, 0.5 in quality; 1: every layer at the full size, the "
+                        "earlier look)")
     p.add_argument("--weights", default="original",
                    help="'original' (bundled VGG19), 'random', or a torchvision-layout .pth/.safetensors file")
     p.add_argument("--arch", choices=("vgg19", "vgg16"), default="vgg19", help="network architecture")
@@ -193,8 +200,9 @@ def run(args: argparse.Namespace) -> None:
                                                                args.edge_padding, device=device))
     rep = _Reporter(args.quiet, args.save_every, args.output)
     settings = dict(steps=args.steps, optimizer=args.optimizer, tv_weight=args.tv_weight, seed=args.seed,
-                    preview_every=args.save_every or 0, checkpoint=args.checkpoint or None,
-                    compile=args.compile or None, autocast_bf16=args.bf16, max_size=args.max_size)
+                    coarse_scale=args.coarse_scale, preview_every=args.save_every or 0,
+                    checkpoint=args.checkpoint or None, compile=args.compile or None, autocast_bf16=args.bf16,
+                    max_size=args.max_size)
     callbacks = dict(progress=rep.progress, preview=rep.preview if args.save_every else None)
     init = _init_arg(args.init, args.size)
     settings["tile"] = args.tile

@@ -9,7 +9,7 @@ import torch
 
 from .jobs import resolve_device
 from .layers import parse_layers
-from .presets import get_preset
+from .presets import MIN_COARSE_SCALE, get_preset
 
 STYLE_BALANCE_HELP = ("how much the style weight adapts to the pair: far styles are painted less hard, so the "
                       "photo stays legible (default: the preset's; 0: a fixed style weight, the old look)")
@@ -51,6 +51,15 @@ def nonneg_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number ≥ 0, got {text!r}") from None
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be a number ≥ 0, got {text}")
+    return value
+
+
+def coarse_scale(text: str) -> float:
+    """``argparse`` type of ``--coarse-scale``: a fraction in [``MIN_COARSE_SCALE``, 1]."""
+    value = nonneg_float(text)
+    if not MIN_COARSE_SCALE <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between {MIN_COARSE_SCALE} and 1 (1: every layer at the full "
+                                         f"size), got {value}")
     return value
 
 

@@ -135,7 +135,7 @@ def _check_weight(value: float) -> float:
 def steps_per_frame(extractor: Extractor, settings: Settings, hw: Tuple[int, int], layers: Sequence[str]) -> int:
     """Iterations ``optimize`` runs for one frame of size ``hw`` (all its pyramid scales)."""
     sizes = pyramid_sizes(tuple(hw), smallest_scale(settings, tuple(hw)), extractor.min_edge(list(layers)))
-    return sum(steps_per_scale(settings, len(sizes)))
+    return sum(steps_per_scale(settings, sizes))
 
 
 def _prepare(frame: torch.Tensor, index: int, size: Optional[int]) -> torch.Tensor:

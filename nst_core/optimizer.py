@@ -14,8 +14,9 @@ from .balance import balanced_style_weight
 from .extractor import Extractor
 from .image import as_rgb_batch, fit_long_edge, interpolate, resize
 from .memory import check_tile_setting, device_free_bytes, fit_settings, is_auto_tile, lbfgs_history
-from .objective import ExtraLossFn, Objective
-from .presets import INITS, OPTIMIZERS, TILE_OFF, Settings
+from .coarse import has_coarse_copy, scale_objective
+from .objective import ExtraLossFn
+from .presets import INITS, MIN_COARSE_SCALE, OPTIMIZERS, TILE_OFF, Settings
 from .targets import ContentTarget, StyleTarget
 
 
@@ -79,10 +80,14 @@ def smallest_scale(settings: Settings, final_hw: Tuple[int, int]) -> int:
     return max(settings.min_size, round(settings.pyramid_start * max(final_hw)))
 
 
-def steps_per_scale(settings: Settings, scales: int) -> List[int]:
-    """Iterations at each scale: ``first_steps`` at the smallest, ``steps`` at the others."""
+def steps_per_scale(settings: Settings, sizes: Sequence[Tuple[int, int]]) -> List[int]:
+    """Iterations at each scale of ``sizes``: ``first_steps`` at the smallest, ``coarse_steps`` at the others
+    whose deep layers see a coarse copy (:func:`.coarse.has_coarse_copy`), ``steps`` at the rest."""
+    if len(sizes) == 1:
+        return [settings.steps]
     first = settings.first_steps if settings.first_steps is not None else settings.steps
-    return [first] + [settings.steps] * (scales - 1) if scales > 1 else [settings.steps]
+    later = settings.coarse_steps if settings.coarse_steps is not None else settings.steps
+    return [first] + [later if has_coarse_copy(settings, hw) else settings.steps for hw in sizes[1:]]
 
 
 class AveragedIterate:
@@ -158,11 +163,12 @@ def validate_settings(settings: Settings) -> None:
     """Check the settings alone (no network): what optimize() would refuse."""
     if settings.optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer {settings.optimizer!r} is not supported; choose one of {list(OPTIMIZERS)}")
-    for name in ("steps", "min_size", "lbfgs_max_iter", "lbfgs_history", "transport_every"):
+    for name in ("steps", "min_size", "coarse_min_size", "lbfgs_max_iter", "lbfgs_history", "transport_every"):
         if int(getattr(settings, name)) < 1:
             raise ValueError(f"{name} must be at least 1; got {getattr(settings, name)}")
-    if settings.first_steps is not None and settings.first_steps < 1:
-        raise ValueError(f"first_steps must be at least 1; got {settings.first_steps}")
+    for name in ("first_steps", "coarse_steps"):
+        if getattr(settings, name) is not None and getattr(settings, name) < 1:
+            raise ValueError(f"{name} must be at least 1; got {getattr(settings, name)}")
     for name in ("content_weight", "style_weight", "tv_weight", "lr", "lbfgs_tolerance"):
         v = float(getattr(settings, name))
         if not (v >= 0) or math.isinf(v):
@@ -175,6 +181,9 @@ def validate_settings(settings: Settings) -> None:
         raise ValueError(f"lr_decay must be in (0, 1] (a factor per larger scale); got {settings.lr_decay}")
     if not (0 <= settings.ema_decay < 1):
         raise ValueError(f"ema_decay must be in [0, 1); got {settings.ema_decay}")
+    if not (MIN_COARSE_SCALE <= settings.coarse_scale <= 1):
+        raise ValueError(f"coarse_scale must be in [{MIN_COARSE_SCALE}, 1] (1: every layer at the full size); got "
+                         f"{settings.coarse_scale}")
     check_tile_setting(settings.tile)
 
 
@@ -288,7 +297,7 @@ def optimize(
     batch = content.image.shape[0] if content is not None else (
         init.shape[0] if isinstance(init, torch.Tensor) and init.dim() == 4 else 1)
     sizes = pyramid_sizes(final_hw, smallest_scale(settings, final_hw), min_edge)
-    plan = steps_per_scale(settings, len(sizes))
+    plan = steps_per_scale(settings, sizes)
     check_compile(settings, extractor.device)
     settings = resolve_tile(settings, extractor, final_hw, content, regions, batch)
     settings = settings.replace(style_weight=balanced_style_weight(
@@ -347,7 +356,7 @@ class _Run:
         """Optimise at one pyramid scale, starting from ``x`` resized to ``hw``."""
         s = self.settings
         x = resize(x, hw).detach().clone()
-        self.objective = Objective(self.extractor, s, hw, self.content, self.regions, self.extra_loss)
+        self.objective = scale_objective(self.extractor, s, hw, self.content, self.regions, i == 0, self.extra_loss)
         x.requires_grad_(True)
         out = self._adam(i, scales, hw, steps, x) if s.optimizer == "adam" else self._lbfgs(i, scales, hw, steps, x)
         if not bool(torch.isfinite(out).all()):  # one sync per scale

@@ -157,7 +157,7 @@ def rough_seconds(plan: Plan, per_iteration: float, timed_hw: Tuple[int, int]) -
     sizes = pyramid_sizes(plan.hw, smallest_scale(s, plan.hw), min_edge)
     unit = per_iteration / (timed_hw[0] * timed_hw[1])
     total = 0.0
-    for hw, steps in zip(sizes, steps_per_scale(s, len(sizes))):
+    for hw, steps in zip(sizes, steps_per_scale(s, sizes)):
         factor = 1.0
         if plan.tile and max(hw) > plan.tile:
             tile = max(min_edge, plan.tile // min_edge * min_edge)

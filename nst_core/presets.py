@@ -10,6 +10,7 @@ INITS = ("content", "noise", "gray")
 DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 TILE_AUTO, TILE_OFF = "auto", "off"  # Settings.tile's words (0 is TILE_AUTO too, as on the node)
 MIN_TILE = 16  # px: the smallest tile size a user may set
+MIN_COARSE_SCALE = 0.25  # Settings.coarse_scale's lower bound
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,8 @@ class Settings:
     optimizer: str = "adam"
     steps: int = 200  # iterations at each pyramid scale after the first (L-BFGS: function evaluations)
     first_steps: Optional[int] = None  # iterations at the smallest scale (default: ``steps``)
+    # iterations at the later scales whose deep layers see a coarse copy (coarse.py; default: ``steps``)
+    coarse_steps: Optional[int] = None
     min_size: int = 128  # smallest pyramid long edge; ≥ the output size means a single scale
     pyramid_start: float = 0.0  # smallest scale as a fraction of the output's long edge (the larger wins)
     lr: float = 0.02  # Adam learning rate at the first scale (image values are in 0..1)
@@ -37,6 +40,11 @@ class Settings:
     lbfgs_history: int = 100  # upper bound; also bounded by image size (``lbfgs_memory_mb``)
     lbfgs_memory_mb: int = 1024
     seed: int = 0
+    # at the pyramid scales after the first, blocks 4–5 (deep style layers, relu4_2 content) see the image
+    # resized by this factor, to a long edge of at least coarse_min_size (coarse.py); 1: every layer at
+    # the full size
+    coarse_scale: float = 1.0
+    coarse_min_size: int = 256
     transport_every: int = 1  # Adam + moments: recompute each layer's W2 transport every N steps (1: exact)
     preview_every: int = 0  # call the preview callback every N steps (0: never)
     max_size: int = 4096  # refuse outputs whose long edge is larger (memory and time grow with its square)
@@ -52,16 +60,17 @@ class Settings:
     def replace(self, **changes: Any) -> "Settings":
         """A copy with ``changes`` applied; ``None`` values are ignored (handy for CLI flags).
 
-        Changing ``steps`` alone scales ``first_steps`` by the same factor.
+        Changing ``steps`` alone scales ``first_steps`` and ``coarse_steps`` by the same factor.
         """
         known = {f.name for f in fields(self)}
         bad = sorted(k for k in changes if k not in known)
         if bad:
             raise ValueError(f"unknown setting(s) {bad}; known settings are {sorted(known)}")
         changes = {k: v for k, v in changes.items() if v is not None}
-        if "steps" in changes and "first_steps" not in changes and self.first_steps is not None:
-            # keep the preset's ratio between the first scale and the others
-            changes["first_steps"] = max(1, round(self.first_steps * int(changes["steps"]) / max(self.steps, 1)))
+        for name in ("first_steps", "coarse_steps"):
+            if "steps" in changes and name not in changes and getattr(self, name) is not None:
+                # keep the preset's ratio between these scales and the others
+                changes[name] = max(1, round(getattr(self, name) * int(changes["steps"]) / max(self.steps, 1)))
         return replace(self, **changes)
 
 
@@ -107,11 +116,12 @@ PRESETS: Dict[str, Preset] = {
         name="quality",
         description="The default: mean/covariance (W2) style loss with a style weight balanced for the "
         "pair, relu4_2 content, Adam with an averaged iterate over a √2 pyramid from half the output size "
-        "(at least 128 px), content init; strong style, legible content.",
+        "(at least 128 px), blocks 4–5 at half size (at least 256 px) after the first scale, content init; "
+        "strong style, legible content.",
         style_layer_weights=STYLE_LAYER_WEIGHTS,
         settings=Settings(optimizer="adam", steps=40, first_steps=70, min_size=128, pyramid_start=0.5, lr=0.05,
                           lr_decay=0.6, ema_decay=0.9, content_weight=0.25, style_weight=25.0, tv_weight=2.0,
-                          style_balance=1.0, transport_every=7),
+                          style_balance=1.0, transport_every=7, coarse_scale=0.5, coarse_steps=30),
     ),
 }
 

@@ -48,7 +48,7 @@ SPECS: Dict[str, Tuple[List[Tuple[str, str]], List[str], List[Tuple[str, str]]]]
         [("extractor", "NST_EXTRACTOR"), ("content_target", "NST_CONTENT_TARGET"),
          ("style_target", "NST_STYLE_TARGET"), ("init_image", "IMAGE")],
         ["schedule", "steps", "content_weight", "style_weight", "tv_weight", "size", "init", "init_seed", "colors",
-         "tile", "style_balance"],
+         "tile", "style_balance", "coarse_scale"],
         [("image", "IMAGE")]),
     "NST_MatchColors": ([("image", "IMAGE"), ("reference", "IMAGE")], [], [("image", "IMAGE")]),
     "NST_LayerExplorer": ([("extractor", "NST_EXTRACTOR"), ("content", "IMAGE"), ("style", "IMAGE")],
@@ -85,7 +85,7 @@ def style(**kw):
 
 def optimize(**kw):
     w = dict(schedule="quality", steps=0, content_weight=1.0, style_weight=1.0, tv_weight=1.0, size=512,
-             init="auto", init_seed=0, colors="style", tile=0, style_balance=1.0)
+             init="auto", init_seed=0, colors="style", tile=0, style_balance=1.0, coarse_scale=0.0)
     w.update(kw)
     return w
 

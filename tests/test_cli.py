@@ -200,7 +200,7 @@ CLI_NAME = {"schedule": "preset", "init_seed": "seed", "architecture": "arch"}  
 # node inputs whose default is spelt differently on the CLI (checked one by one below) or has no CLI option
 SPELT_DIFFERENTLY = {"steps", "content_weight", "style_weight", "tv_weight", "init", "weights", "statistic",
                      "layer", "layers", "custom_layers", "layer_weights", "weight", "blend_weight", "mask_strength",
-                     "tile", "style_balance"}
+                     "tile", "style_balance", "coarse_scale"}
 
 
 @pytest.mark.parametrize("command", ["transfer", "texture"])
@@ -227,6 +227,7 @@ def test_cli_defaults_are_the_nodes_defaults(pack, command):
     assert args.tile == "auto" and opt["tile"] == 0  # tiles only when the whole image does not fit
     assert args.tv_weight is None and opt["tv_weight"] == 1.0
     assert getattr(args, "style_balance", None) is None and opt["style_balance"] == 1.0  # the preset's
+    assert args.coarse_scale is None and opt["coarse_scale"] == 0.0  # the preset's
     assert args.optimizer is None  # the node has no optimiser choice: the preset's
     # with its default 'auto' the node starts from the content image, or from noise for a texture
     assert opt["init"] == "auto" and args.init == ("content" if command == "transfer" else "noise")
@@ -330,7 +331,9 @@ def test_style_masks_make_regions_and_a_count_mismatch_is_one_line(images, tmp_p
     assert len(err) == 1 and "1 style masks for 2 style images" in err[0]
 
 
-def test_style_balance_reaches_the_run_and_the_frames_spec(images, tmp_path, monkeypatch):
+@pytest.mark.parametrize("flag, key, on, bad, frames", [("--style-balance", "style_balance", "0", "-1", "0.5"),
+                                                         ("--coarse-scale", "coarse_scale", "1", "0.1", "0.75")])
+def test_a_setting_flag_reaches_the_run_and_the_frames_spec(images, tmp_path, monkeypatch, flag, key, on, bad, frames):
     from nst_core.cli_frames import spec_from_args
 
     content, style = images
@@ -338,18 +341,17 @@ def test_style_balance_reaches_the_run_and_the_frames_spec(images, tmp_path, mon
     real = cli.transfer
 
     def spy(*a, **k):
-        seen.append(k.get("style_balance"))
+        seen.append(k.get(key))
         return real(*a, **k)
 
     monkeypatch.setattr(cli, "transfer", spy)
     common = ["--weights", "random", "--size", "32", "--steps", "1", "--quiet", "--content-layer", "relu2_1",
               "--style-layers", "relu1_1,relu2_1", "--device", "cpu", "-o", tmp_path / "o.png"]
-    assert _run("transfer", content, style, "--style-balance", "0", *common) == 0
+    assert _run("transfer", content, style, flag, on, *common) == 0
     assert _run("transfer", content, style, *common) == 0
-    assert seen == [0.0, None]  # None: the preset's
-    with pytest.raises(SystemExit) as bad:
-        _run("transfer", content, style, "--style-balance", "-1", *common)
-    assert bad.value.code == 2
-    args = build_parser().parse_args(["frames", str(tmp_path), str(style), "-o", str(tmp_path / "out"),
-                                      "--style-balance", "0.5"])
-    assert dict(spec_from_args(args).settings)["style_balance"] == 0.5
+    assert seen == [float(on), None]  # None: the preset's
+    with pytest.raises(SystemExit) as refused:
+        _run("transfer", content, style, flag, bad, *common)
+    assert refused.value.code == 2
+    args = build_parser().parse_args(["frames", str(tmp_path), str(style), "-o", str(tmp_path / "out"), flag, frames])
+    assert dict(spec_from_args(args).settings)[key] == float(frames)

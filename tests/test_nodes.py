@@ -375,20 +375,42 @@ def test_an_all_black_mask_from_an_image_without_alpha_says_why_and_how_to_fix(n
     assert build(torch.full((1, 64, 64), 0.5)).mask is not None  # a real mask of that size is taken
 
 
-def test_style_balance_multiplies_the_schedules_balance(nodes, extractor, monkeypatch):
+def _settings_seen(nodes, monkeypatch, key):
+    """The values of ``Settings.key`` that the Optimize node's runs pass to ``optimize``."""
     module = sys.modules[type(nodes["NST_StyleTransferOptimize"]).__module__]
     seen = []
     real = module.optimize
 
     def spy(ext, content, regions, start, settings, *a, **k):
-        seen.append(settings.style_balance)
+        seen.append(getattr(settings, key))
         return real(ext, content, regions, start, settings, *a, **k)
 
     monkeypatch.setattr(module, "optimize", spy)
+    return seen
+
+
+def _small_targets(nodes, extractor):
+    st = _style(nodes, extractor, torch.rand(1, 48, 48, 3))
+    ct = nodes["NST_ContentTarget"].build(extractor, torch.rand(1, 40, 40, 3), "relu3_1", 1.0)[0]
+    return ct, st
+
+
+def test_style_balance_multiplies_the_schedules_balance(nodes, extractor, monkeypatch):
+    seen = _settings_seen(nodes, monkeypatch, "style_balance")
     with torch.inference_mode():
-        st = _style(nodes, extractor, torch.rand(1, 48, 48, 3))
-        ct = nodes["NST_ContentTarget"].build(extractor, torch.rand(1, 40, 40, 3), "relu3_1", 1.0)[0]
+        ct, st = _small_targets(nodes, extractor)
         off = _optimize(nodes, extractor, content_target=ct, style_target=st, style_balance=0.0)
         on = _optimize(nodes, extractor, content_target=ct, style_target=st)
     assert seen == [0.0, 1.0]  # fast's balance is 1; 0 on the node turns it off
     assert not torch.equal(off, on)
+
+
+def test_coarse_scale_0_is_the_schedules_and_a_value_below_a_quarter_is_refused(nodes, extractor, monkeypatch):
+    seen = _settings_seen(nodes, monkeypatch, "coarse_scale")
+    with torch.inference_mode():
+        ct, st = _small_targets(nodes, extractor)
+        _optimize(nodes, extractor, schedule="quality", content_target=ct, style_target=st)
+        _optimize(nodes, extractor, schedule="quality", content_target=ct, style_target=st, coarse_scale=1.0)
+        with pytest.raises(ValueError, match=r"coarse_scale must be in \[0.25, 1\]"):
+            _optimize(nodes, extractor, content_target=ct, style_target=st, coarse_scale=0.1)
+    assert seen == [0.5, 1.0]

@@ -14,6 +14,7 @@ from nst_core import Cancelled, ContentTarget, Progress, Settings, StyleTarget, 
 from nst_core.image import fit_long_edge
 from nst_core.losses import content_loss, style_loss, tv_loss
 from nst_core.optimizer import AveragedIterate, steps_per_scale
+from nst_core.presets import get_preset
 
 LAYERS = ("relu1_1", "relu2_1", "relu3_1")
 ONE_SCALE = 10_000  # a min_size above every test image: a single pyramid scale
@@ -90,9 +91,16 @@ def test_pyramid_sizes_properties(h, w, min_size, min_edge):
 
 
 def test_steps_per_scale():
-    assert steps_per_scale(Settings(steps=5, first_steps=9), 3) == [9, 5, 5]
-    assert steps_per_scale(Settings(steps=5), 2) == [5, 5]
-    assert steps_per_scale(Settings(steps=5, first_steps=9), 1) == [5]
+    three, two = [(48, 64), (68, 91), (96, 128)], [(48, 64), (96, 128)]
+    assert steps_per_scale(Settings(steps=5, first_steps=9), three) == [9, 5, 5]
+    assert steps_per_scale(Settings(steps=5), two) == [5, 5]
+    assert steps_per_scale(Settings(steps=5, first_steps=9), three[-1:]) == [5]
+    # the later scales with a coarse copy (here: 512 px and 362 px, whose deep layers see 256 px) get coarse_steps
+    quality = get_preset("quality").settings
+    assert steps_per_scale(quality, [(192, 256), (272, 362), (384, 512)]) == [70, 30, 30]
+    assert steps_per_scale(quality, [(96, 128), (136, 181), (192, 256)]) == [70, 40, 40]  # 256 px: no copy
+    assert steps_per_scale(quality.replace(coarse_scale=1.0), [(192, 256), (272, 362), (384, 512)]) == [70, 40, 40]
+    assert quality.replace(steps=80).coarse_steps == 60  # the preset's ratios kept
 
 
 def test_averaged_iterate_is_the_bias_corrected_ema():

@@ -75,7 +75,8 @@ def test_object_info_lists_the_nodes_with_their_inputs(comfy):
     assert {"schedule", "steps", "content_weight", "style_weight", "tv_weight", "size", "init_seed"} <= set(
         req("NST_StyleTransferOptimize"))
     assert set(opt("NST_StyleTransferOptimize")) == {"content_target", "style_target", "init_image", "colors", "tile",
-                                                     "style_balance"}
+                                                     "style_balance", "coarse_scale"}
+    assert opt("NST_StyleTransferOptimize")["coarse_scale"][1]["default"] == 0.0  # the schedule's
     assert opt("NST_StyleTransferOptimize")["colors"][0] == ["style", "luminance", "match"]
     assert set(req("NST_MatchColors")) == {"image", "reference"}
     assert set(req("NST_LayerExplorer")) == {"extractor", "content", "cell_size", "steps"}
