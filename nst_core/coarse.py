@@ -77,10 +77,11 @@ class SplitObjective:
         """Accumulate both parts' gradient into ``image.grad``; return the summed loss parts (as
         :meth:`.objective.Objective.gradient`)."""
         parts = self.fine.gradient(image, exact, between_tiles)
-        small = resize(image.detach(), self.small).requires_grad_(True)
+        resized = resize(image, self.small)  # one resize; its graph is used once, after the coarse part
+        small = resized.detach().requires_grad_(True)  # a leaf: the coarse tiles' backward passes end here
         coarse = self.coarse.gradient(small, exact, between_tiles)
         if small.grad is not None:  # (None: no coarse term reached the image, e.g. masked away)
-            torch.autograd.backward(resize(image, self.small), small.grad)
+            torch.autograd.backward(resized, small.grad)
         for k, v in coarse.items():
             parts[k] = parts[k] + v if k in parts else v
         return parts
