@@ -15,7 +15,7 @@ from .image import load_image, load_mask, save_image
 from .optimizer import Cancelled, Progress
 from .memory import is_out_of_memory
 from .presets import DEFAULT_PRESET, INITS, MIN_TILE, OPTIMIZERS, PRESETS, TILE_AUTO, TILE_OFF, get_preset
-from .cli_args import (STYLE_BALANCE_HELP, Parser, coarse_scale, nonneg_float, pick_device, positive_int,
+from .cli_args import (STYLE_BALANCE_HELP, Parser, coarse_scale, nonneg_float, nonneg_int, pick_device, positive_int,
                        style_layers_and_weights)
 from .cli_checks import DEFAULT_MAX_SIZE, check_command
 from .cli_plan import add_plan_option, planned
@@ -41,6 +41,9 @@ def _common(p: argparse.ArgumentParser, default_init: str) -> None:
                    help="at the pyramid scales after the first, blocks 4-5 of the network see the image resized by "
                         "F (0.25-1; default: the preset's, 0.5 in quality; 1: every layer at the full size, the "
                         "earlier look)")
+    p.add_argument("--margin", type=nonneg_int, metavar="PX",
+                   help="px around the output optimised with it and cut off, so that no line forms along its "
+                        "edges (default: the preset's, 8 in quality; 0: none)")
     p.add_argument("--weights", default="original",
                    help="'original' (bundled VGG19), 'random', or a torchvision-layout .pth/.safetensors file")
     p.add_argument("--arch", choices=("vgg19", "vgg16"), default="vgg19", help="network architecture")
@@ -200,7 +203,7 @@ def run(args: argparse.Namespace) -> None:
                                                                args.edge_padding, device=device))
     rep = _Reporter(args.quiet, args.save_every, args.output)
     settings = dict(steps=args.steps, optimizer=args.optimizer, tv_weight=args.tv_weight, seed=args.seed,
-                    coarse_scale=args.coarse_scale, preview_every=args.save_every or 0,
+                    coarse_scale=args.coarse_scale, margin=args.margin, preview_every=args.save_every or 0,
                     checkpoint=args.checkpoint or None, compile=args.compile or None, autocast_bf16=args.bf16,
                     max_size=args.max_size)
     callbacks = dict(progress=rep.progress, preview=rep.preview if args.save_every else None)

@@ -32,15 +32,24 @@ class Parser(argparse.ArgumentParser):
         return namespace
 
 
-def positive_int(text: str) -> int:
-    """``argparse`` type: a whole number ≥ 1."""
+def _whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"must be a whole number ≥ {least}, got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """``argparse`` type: a whole number ≥ 1."""
+    return _whole_number(text, 1)
+
+
+def nonneg_int(text: str) -> int:
+    """``argparse`` type: a whole number ≥ 0."""
+    return _whole_number(text, 0)
 
 
 def nonneg_float(text: str) -> float:

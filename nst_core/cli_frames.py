@@ -102,9 +102,10 @@ def spec_from_args(args: argparse.Namespace) -> EngineSpec:
         raise ValueError(f"--init {args.init!r}: frames and folders take one of {list(INITS)}")
     layers, weights = style_layers_and_weights(args)
     settings = dict(steps=args.steps, optimizer=args.optimizer, tv_weight=args.tv_weight, seed=args.seed,
-                    coarse_scale=args.coarse_scale, content_weight=args.content_weight, style_weight=args.style_weight,
-                    style_balance=args.style_balance, checkpoint=args.checkpoint or None, compile=args.compile or None,
-                    autocast_bf16=args.bf16, max_size=None if args.max_size == Settings.max_size else args.max_size)
+                    coarse_scale=args.coarse_scale, margin=args.margin, content_weight=args.content_weight,
+                    style_weight=args.style_weight, style_balance=args.style_balance,
+                    checkpoint=args.checkpoint or None, compile=args.compile or None, autocast_bf16=args.bf16,
+                    max_size=None if args.max_size == Settings.max_size else args.max_size)
     style_masks = getattr(args, "style_mask", None)
     if style_masks is not None and len(style_masks) != len(args.styles):
         raise ValueError(f"got {len(style_masks)} --style-mask file(s) for {len(args.styles)} style image(s); "

@@ -62,15 +62,16 @@ class SplitObjective:
 
     def __init__(self, extractor: Extractor, settings: Settings, hw: Tuple[int, int],
                  content: Optional[ContentTarget], regions: Tuple[StyleTarget, ...], small: Tuple[int, int],
-                 extra_loss: Optional[ExtraLossFn] = None) -> None:
+                 extra_loss: Optional[ExtraLossFn] = None, style_edge: Optional[int] = None) -> None:
         deep = lambda n: is_coarse(extractor.arch, n)  # noqa: E731
         fine_content = content if content is not None and not deep(content.layer) else None
         self.small = tuple(small)
+        edge = style_edge or max(hw)  # (the style's size for the image; the coarse copy's in proportion)
         self.fine = Objective(extractor, settings, hw, fine_content,
-                              _layers_where(regions, lambda n: not deep(n)), extra_loss)
+                              _layers_where(regions, lambda n: not deep(n)), extra_loss, style_edge=edge)
         self.coarse = Objective(extractor, settings.replace(tv_weight=0.0), self.small,
                                 None if fine_content is not None else content,
-                                _layers_where(regions, deep))
+                                _layers_where(regions, deep), style_edge=round(edge * max(self.small) / max(hw)))
 
     def gradient(self, image: torch.Tensor, exact: bool = True,
                  between_tiles: Optional[Callable[[], None]] = None) -> Dict[str, torch.Tensor]:
@@ -88,17 +89,21 @@ class SplitObjective:
 
 
 def scale_objective(extractor: Extractor, settings: Settings, hw: Tuple[int, int], content: Optional[ContentTarget],
-                    regions: Tuple[StyleTarget, ...], first: bool,
-                    extra_loss: Optional[ExtraLossFn] = None) -> Union[Objective, SplitObjective]:
-    """The objective of a pyramid scale: split (see the module text) when the coarse copy is smaller than
-    the scale and large enough for the deep layers, the scale is not the ``first`` and there are style
-    layers on both sides of the cut; else one :class:`.objective.Objective`."""
+                    regions: Tuple[StyleTarget, ...], first: bool, extra_loss: Optional[ExtraLossFn] = None,
+                    output_hw: Optional[Tuple[int, int]] = None) -> Union[Objective, SplitObjective]:
+    """The objective of a pyramid scale of ``hw`` (its canvas: :mod:`.canvas`): split (see the module
+    text) when the scale's output part ``output_hw`` (default ``hw``) has a coarse copy, that copy is
+    large enough for the deep layers, the scale is not the ``first`` and there are style layers on both
+    sides of the cut; else one :class:`.objective.Objective`. The style statistics are those of an
+    output of ``output_hw``."""
     small = coarse_hw(hw, settings.coarse_scale, settings.coarse_min_size)
+    edge = max(output_hw) if output_hw else None  # the style's size: the output part's
     deep = lambda n: is_coarse(extractor.arch, n)  # noqa: E731
     style = {n for r in regions for n in r.layers}
     layers = style | ({content.layer} if content is not None else set())
-    split = (not first and has_coarse_copy(settings, hw) and any(map(deep, style)) and not all(map(deep, style))
+    split = (not first and has_coarse_copy(settings, output_hw or hw) and max(small) < max(hw)
+             and any(map(deep, style)) and not all(map(deep, style))
              and min(small) >= extractor.min_edge([n for n in layers if deep(n)]))
     if split:
-        return SplitObjective(extractor, settings, hw, content, regions, small, extra_loss)
-    return Objective(extractor, settings, hw, content, regions, extra_loss)
+        return SplitObjective(extractor, settings, hw, content, regions, small, extra_loss, edge)
+    return Objective(extractor, settings, hw, content, regions, extra_loss, style_edge=edge)

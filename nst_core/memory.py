@@ -165,16 +165,25 @@ def _refresh_bytes(device) -> int:
     return 8 if precise_dtype(torch.device(device if device is not None else "cpu")) == torch.float64 else 4
 
 
+def canvas_hw(hw: Tuple[int, int], settings: Settings) -> Tuple[int, int]:
+    """(H, W) that a run at output size ``hw`` optimises: the output and its margin (:mod:`.canvas`)."""
+    from .canvas import Canvas  # (the canvas builds on the targets; this module stays light)
+
+    return Canvas(tuple(hw), int(settings.margin)).around(tuple(hw))
+
+
 def estimate_bytes(hw: Tuple[int, int], layers: Sequence[str], settings: Settings, batch: int = 1,
                    arch: str = "vgg19", statistic: str = "moments",
                    style_layers: "Sequence[str] | None" = None, device: "torch.device | str | None" = None,
                    pooling: str = "max") -> int:
-    """Peak bytes of one optimisation at output size ``hw`` on ``device`` (default: the CPU).
+    """Peak bytes of one optimisation at output size ``hw`` (with ``settings.margin`` around it) on
+    ``device`` (default: the CPU).
 
     ``layers`` are every captured layer (style and content), ``style_layers`` the style ones (default:
     all of ``layers``). bf16 follows ``settings.autocast_bf16`` and the device (:func:`.precision.use_bf16`);
     ``settings.checkpoint`` switches to the checkpointed pass. See the module text for what is counted.
     """
+    hw = canvas_hw(hw, settings)
     style, content = _split(layers, style_layers)
     act = _act_bytes(settings, device)
     run = _pass(hw, layers, style, batch, arch, act, settings.checkpoint, statistic, _refresh_bytes(device), pooling)
@@ -189,7 +198,8 @@ def estimate_bytes(hw: Tuple[int, int], layers: Sequence[str], settings: Setting
 def tiled_bytes(hw: Tuple[int, int], tile: int, layers: Sequence[str], settings: Settings, batch: int = 1,
                 arch: str = "vgg19", statistic: str = "moments", style_layers: "Sequence[str] | None" = None,
                 halo: "int | None" = None, device: "torch.device | str | None" = None, pooling: str = "max") -> int:
-    """Peak bytes of one optimisation at ``hw`` evaluated in tiles of ``tile`` px (``nst_core.tiles``).
+    """Peak bytes of one optimisation at output size ``hw`` (with ``settings.margin`` around it) evaluated
+    in tiles of ``tile`` px (``nst_core.tiles``).
 
     What stays image-sized (the optimiser's buffers, the content features, the smoothness term and, for
     W2 with steps between refreshes, the goals of every style layer), plus one crop (``tile`` + 2·``halo``
@@ -198,6 +208,7 @@ def tiled_bytes(hw: Tuple[int, int], tile: int, layers: Sequence[str], settings:
     from .tiles import DEFAULT_HALO, needs_goals  # (tiles builds on the engine; this module stays light)
 
     halo = DEFAULT_HALO if halo is None else halo
+    hw = canvas_hw(hw, settings)
     crop = (min(hw[0], tile + 2 * halo), min(hw[1], tile + 2 * halo))
     own = (min(hw[0], tile), min(hw[1], tile))
     style, content = _split(layers, style_layers)

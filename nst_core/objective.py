@@ -54,13 +54,15 @@ class Objective:
 
     The scale is tiled when ``settings.tile`` is set and smaller than its long edge; ``halo`` (default
     :data:`.tiles.DEFAULT_HALO`) is rounded up to the alignment and ``store_goals`` (default: when some
-    steps are not refreshes) keeps the W2 goals between refreshes.
+    steps are not refreshes) keeps the W2 goals between refreshes. The style statistics are those of an
+    output of long edge ``style_edge`` (default the image's; a canvas gives its output part's, so the
+    margin does not change the strokes' size).
     """
 
     def __init__(self, extractor: Extractor, settings: Settings, hw: Tuple[int, int],
                  content: Optional[ContentTarget], regions: Tuple[StyleTarget, ...],
                  extra_loss: Optional[ExtraLossFn] = None, halo: Optional[int] = None,
-                 store_goals: Optional[bool] = None) -> None:
+                 store_goals: Optional[bool] = None, style_edge: Optional[int] = None) -> None:
         self.extractor, self.settings, self.hw = extractor, settings, tuple(hw)
         self.content, self.regions, self.extra_loss = content, regions, extra_loss
         self.bf16 = use_bf16(settings, extractor.device)
@@ -85,9 +87,10 @@ class Objective:
             self.content_weights = content.weights_at(grid, dev)
         masks = layer_masks(extractor, regions, self.hw, self.geo.grid)
         self.terms: Dict[Key, object] = {}
+        edge = style_edge or max(self.hw)
         for k, t in enumerate(regions):
-            targets = (style_at(extractor, t, max(self.hw), self.geo.tile, self.geo.halo) if self.tiled
-                       else t.at_size(extractor, max(self.hw)))
+            targets = (style_at(extractor, t, edge, self.geo.tile, self.geo.halo) if self.tiled
+                       else t.at_size(extractor, edge))
             for n in t.layers:  # (a layer whose patterns the region cannot hold has no position left)
                 if masks[k][n] is None or float(masks[k][n].max()) > 0:
                     self.terms[(k, n)] = style_term(targets[n], masks[k][n], store_goals)

@@ -11,6 +11,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from .balance import balanced_style_weight
+from .canvas import Canvas
 from .extractor import Extractor
 from .image import as_rgb_batch, fit_long_edge, interpolate, resize
 from .memory import check_tile_setting, device_free_bytes, fit_settings, is_auto_tile, lbfgs_history
@@ -166,6 +167,8 @@ def validate_settings(settings: Settings) -> None:
     for name in ("steps", "min_size", "coarse_min_size", "lbfgs_max_iter", "lbfgs_history", "transport_every"):
         if int(getattr(settings, name)) < 1:
             raise ValueError(f"{name} must be at least 1; got {getattr(settings, name)}")
+    if int(settings.margin) != settings.margin or settings.margin < 0:
+        raise ValueError(f"margin must be a whole number of px ≥ 0 (0: none); got {settings.margin}")
     for name in ("first_steps", "coarse_steps"):
         if getattr(settings, name) is not None and getattr(settings, name) < 1:
             raise ValueError(f"{name} must be at least 1; got {getattr(settings, name)}")
@@ -205,12 +208,14 @@ def output_size(content: Optional[ContentTarget], init: Init, size: Optional[int
 
 
 def _initial_image(init: Init, content: Optional[ContentTarget], batch: int, hw: Tuple[int, int],
-                   device: torch.device, seed: int) -> torch.Tensor:
+                   device: torch.device, seed: int, canvas: Optional[Canvas] = None) -> torch.Tensor:
     gen = torch.Generator().manual_seed(int(seed))
     if isinstance(init, torch.Tensor):
         img = as_rgb_batch(init, "init image").detach().clone()
         if img.shape[0] not in (1, batch):
             raise ValueError(f"the init batch has {img.shape[0]} images but the content batch has {batch}; give 1 or {batch}")
+        if canvas is not None:
+            img = canvas.image(img)
         return resize(img, hw).expand(batch, -1, -1, -1).to(device).contiguous()
     if init == "content":
         if content is None:
@@ -299,17 +304,20 @@ def optimize(
     sizes = pyramid_sizes(final_hw, smallest_scale(settings, final_hw), min_edge)
     plan = steps_per_scale(settings, sizes)
     check_compile(settings, extractor.device)
+    canvas = Canvas(final_hw, settings.margin)
     settings = resolve_tile(settings, extractor, final_hw, content, regions, batch)
     settings = settings.replace(style_weight=balanced_style_weight(
         extractor, content, regions, settings.style_weight, settings.style_balance, max(final_hw)))
-    run = _Run(extractor, settings, content, regions, progress, preview, cancel, sum(plan), extra_loss)
+    with torch.inference_mode(False):
+        content, regions = canvas.targets(content, regions)
+    run = _Run(extractor, settings, content, regions, progress, preview, cancel, sum(plan), extra_loss, canvas)
     with torch.inference_mode(False), torch.enable_grad():
         x = None
         try:
-            x = _initial_image(init, content, batch, sizes[0], extractor.device, settings.seed)
+            x = _initial_image(init, content, batch, canvas.around(sizes[0]), extractor.device, settings.seed, canvas)
             for i, (hw, n) in enumerate(zip(sizes, plan)):
                 x = run.scale(i, len(sizes), hw, n, x)
-            return x.detach().clamp(0, 1).cpu()
+            return canvas.inner(x, final_hw).detach().clamp(0, 1).cpu()
         except BaseException as exc:
             # the traceback would keep the image, gradients and optimiser state alive
             traceback.clear_frames(exc.__traceback__.tb_next)
@@ -323,9 +331,10 @@ class _Run:
     """State of one optimisation; ``release`` drops every tensor so a failed run frees its memory."""
 
     def __init__(self, extractor, settings, content, regions, progress, preview, cancel, total,
-                 extra_loss=None) -> None:
+                 extra_loss=None, canvas: Optional[Canvas] = None) -> None:
         self.extractor, self.settings = extractor, settings
         self.extra_loss = extra_loss
+        self.canvas = canvas or Canvas((1, 1), 0)
         self.content, self.regions = content, regions
         self.progress, self.preview, self.cancel = progress, preview, cancel
         self.total, self.step = total, 0
@@ -350,13 +359,16 @@ class _Run:
         if self.progress is not None:
             self.progress(Progress(self.step, self.total, scale, scales, tuple(hw), parts if exact else None))
         if self.preview is not None and s.preview_every > 0 and self.step % s.preview_every == 0:
-            self.preview(self.step, image_fn().detach())
+            self.preview(self.step, self.canvas.inner(image_fn().detach(), hw))
 
     def scale(self, i: int, scales: int, hw: Tuple[int, int], steps: int, x: torch.Tensor) -> torch.Tensor:
-        """Optimise at one pyramid scale, starting from ``x`` resized to ``hw``."""
+        """Optimise at one pyramid scale whose output part is ``hw``, starting from the canvas ``x``
+        (the previous scale's, or the initial image) resized to this scale's canvas."""
         s = self.settings
-        x = resize(x, hw).detach().clone()
-        self.objective = scale_objective(self.extractor, s, hw, self.content, self.regions, i == 0, self.extra_loss)
+        whole = self.canvas.around(hw)
+        x = resize(x, whole).detach().clone()
+        self.objective = scale_objective(self.extractor, s, whole, self.content, self.regions, i == 0,
+                                         self.canvas.cropping(self.extra_loss, hw), output_hw=hw)
         x.requires_grad_(True)
         out = self._adam(i, scales, hw, steps, x) if s.optimizer == "adam" else self._lbfgs(i, scales, hw, steps, x)
         if not bool(torch.isfinite(out).all()):  # one sync per scale
@@ -368,7 +380,7 @@ class _Run:
         opt = torch.optim.Adam([x], lr=s.lr * s.lr_decay**i, betas=(0.9, 0.99))
         if self.adam_state is not None:
             exp_avg, exp_avg_sq, count = self.adam_state
-            m, v = carry_adam_state(exp_avg, exp_avg_sq, hw)
+            m, v = carry_adam_state(exp_avg, exp_avg_sq, tuple(x.shape[-2:]))
             opt.state[x] = {"step": torch.tensor(float(count)), "exp_avg": m, "exp_avg_sq": v}
         ema = AveragedIterate(x, s.ema_decay)
         for k in range(steps):

@@ -45,6 +45,9 @@ class Settings:
     # the full size
     coarse_scale: float = 1.0
     coarse_min_size: int = 256
+    # px around the output (at its size; in proportion at the smaller scales) optimised with it and cut
+    # off at the end, so that no line forms along the output's edges (canvas.py); 0: none
+    margin: int = 0
     transport_every: int = 1  # Adam + moments: recompute each layer's W2 transport every N steps (1: exact)
     preview_every: int = 0  # call the preview callback every N steps (0: never)
     max_size: int = 4096  # refuse outputs whose long edge is larger (memory and time grow with its square)
@@ -110,18 +113,20 @@ PRESETS: Dict[str, Preset] = {
         style_layer_weights=STYLE_LAYER_WEIGHTS,
         settings=Settings(optimizer="adam", steps=30, first_steps=60, min_size=180, pyramid_start=0.7, lr=0.06,
                           lr_decay=0.6, ema_decay=0.85, content_weight=0.25, style_weight=25.0, tv_weight=2.0,
-                          style_balance=1.0, transport_every=7),
+                          style_balance=1.0, transport_every=7, margin=8),
     ),
     "quality": Preset(
         name="quality",
         description="The default: mean/covariance (W2) style loss with a style weight balanced for the "
         "pair, relu4_2 content, Adam with an averaged iterate over a √2 pyramid from half the output size "
-        "(at least 128 px), blocks 4–5 at half size (at least 256 px) after the first scale, content init; "
+        "(at least 128 px), blocks 4–5 at half size (at least 256 px) after the first scale, an 8 px margin "
+        "around the output cut off at the end, content init; "
         "strong style, legible content.",
         style_layer_weights=STYLE_LAYER_WEIGHTS,
         settings=Settings(optimizer="adam", steps=40, first_steps=70, min_size=128, pyramid_start=0.5, lr=0.05,
                           lr_decay=0.6, ema_decay=0.9, content_weight=0.25, style_weight=25.0, tv_weight=2.0,
-                          style_balance=1.0, transport_every=7, coarse_scale=0.5, coarse_steps=30),
+                          style_balance=1.0, transport_every=7, coarse_scale=0.5, coarse_steps=30,
+                          margin=8),
     ),
 }
 

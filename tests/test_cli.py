@@ -332,7 +332,8 @@ def test_style_masks_make_regions_and_a_count_mismatch_is_one_line(images, tmp_p
 
 
 @pytest.mark.parametrize("flag, key, on, bad, frames", [("--style-balance", "style_balance", "0", "-1", "0.5"),
-                                                         ("--coarse-scale", "coarse_scale", "1", "0.1", "0.75")])
+                                                         ("--coarse-scale", "coarse_scale", "1", "0.1", "0.75"),
+                                                         ("--margin", "margin", "0", "-1", "4")])
 def test_a_setting_flag_reaches_the_run_and_the_frames_spec(images, tmp_path, monkeypatch, flag, key, on, bad, frames):
     from nst_core.cli_frames import spec_from_args
 
