@@ -8,8 +8,8 @@ the output (at the output's size; in proportion at the smaller scales, at least 
 edge pixels are inside the canvas and see the same context as the rest; what the canvas's own edge
 gets wrong is cut away with the margin.
 
-In the margin the content (and every mask) is the output's edge mirrored, so the content's
-structures go on across the edge; the style statistics are taken over the whole canvas.
+In the margin the content and the init image go on across the edge with their slope (:func:`extend`)
+and masks are mirrored; the style statistics are taken over the whole canvas.
 """
 
 from __future__ import annotations

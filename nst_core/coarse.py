@@ -101,8 +101,8 @@ def scale_objective(extractor: Extractor, settings: Settings, hw: Tuple[int, int
     deep = lambda n: is_coarse(extractor.arch, n)  # noqa: E731
     style = {n for r in regions for n in r.layers}
     layers = style | ({content.layer} if content is not None else set())
-    split = (not first and has_coarse_copy(settings, output_hw or hw) and max(small) < max(hw)
-             and any(map(deep, style)) and not all(map(deep, style))
+    split = (not first and has_coarse_copy(settings, output_hw or hw) and any(map(deep, style))
+             and not all(map(deep, style))
              and min(small) >= extractor.min_edge([n for n in layers if deep(n)]))
     if split:
         return SplitObjective(extractor, settings, hw, content, regions, small, extra_loss, edge)

@@ -331,10 +331,9 @@ class _Run:
     """State of one optimisation; ``release`` drops every tensor so a failed run frees its memory."""
 
     def __init__(self, extractor, settings, content, regions, progress, preview, cancel, total,
-                 extra_loss=None, canvas: Optional[Canvas] = None) -> None:
+                 extra_loss, canvas: Canvas) -> None:
         self.extractor, self.settings = extractor, settings
-        self.extra_loss = extra_loss
-        self.canvas = canvas or Canvas((1, 1), 0)
+        self.extra_loss, self.canvas = extra_loss, canvas
         self.content, self.regions = content, regions
         self.progress, self.preview, self.cancel = progress, preview, cancel
         self.total, self.step = total, 0
