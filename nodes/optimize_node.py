@@ -108,7 +108,7 @@ class StyleTransferOptimizeNode:
                 "coarse_scale": ("FLOAT", {
                     "default": 0.0, "min": 0.0, "max": 1.0, "step": 0.05,
                     "tooltip": "0 = the schedule's (0.5 in quality). At the pyramid scales after the first, the "
-                               "network's deep blocks (4-5) see the image at this fraction of its size: large "
+                               "network's blocks 3-5 see the image at this fraction of its size: large "
                                "strokes stay as the first scale set them, and a step is faster. 1 = every layer "
                                "at the full size (the earlier look); at least 0.25.",
                 }),

@@ -38,7 +38,7 @@ def _common(p: argparse.ArgumentParser, default_init: str) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="override the preset's optimiser")
     p.add_argument("--tv-weight", type=nonneg_float, help="smoothness weight")
     p.add_argument("--coarse-scale", type=coarse_scale, metavar="F",
-                   help="at the pyramid scales after the first, blocks 4-5 of the network see the image resized by "
+                   help="at the pyramid scales after the first, blocks 3-5 of the network see the image resized by "
                         "F (0.25-1; default: the preset's, 0.5 in quality; 1: every layer at the full size, the "
                         "earlier look)")
     p.add_argument("--margin", type=nonneg_int, metavar="PX",

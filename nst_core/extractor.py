@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+import functools
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .image import memory_format_of
 from .layers import BLOCK_CHANNELS, layer_index, layer_names, min_input_edge
@@ -65,7 +67,96 @@ class EdgePad(torch.autograd.Function):
         return gx
 
 
-class EdgeConv2d(nn.Conv2d):
+def _mkldnn_conv(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor], pad: int) -> torch.Tensor:
+    """A stride-1 convolution of ``x`` with weights packed by :func:`_pack` (oneDNN), zero padding ``pad``."""
+    return torch.ops.mkldnn._convolution_pointwise(x, packed, bias, [pad, pad], [1, 1], [1, 1], 1, "none", [None], "")
+
+
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` in oneDNN's blocked layout (valid for any input size)."""
+    return torch.ops.mkldnn._reorder_convolution_weight(weight, [0, 0], [1, 1], [1, 1], 1, None)
+
+
+class _PackedConv(torch.autograd.Function):
+    """A 3×3 stride-1 convolution on packed weights; the input's gradient is the convolution of the
+    output's gradient with the flipped, transposed kernel (packed too), zero-padded by ``2 − pad``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, packed: torch.Tensor, packed_t: torch.Tensor, bias: torch.Tensor,
+                pad: int) -> torch.Tensor:  # noqa: D102
+        ctx.packed_t, ctx.pad = packed_t, pad
+        with torch.autocast("cpu", enabled=False):
+            return _mkldnn_conv(x, packed, bias, pad)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: torch.Tensor):  # noqa: D102
+        with torch.autocast("cpu", enabled=False):
+            g = g.contiguous(memory_format=torch.channels_last)
+            return _mkldnn_conv(g, ctx.packed_t, None, 2 - ctx.pad), None, None, None, None
+
+
+@functools.lru_cache(maxsize=None)
+def packed_conv_available() -> bool:
+    """Whether this torch's oneDNN runs :class:`_PackedConv` and gives torch's own convolution (checked
+    once on a small case, in bf16 and fp32)."""
+    try:
+        gen = torch.Generator().manual_seed(0)
+        for dtype in (torch.bfloat16, torch.float32):
+            x = torch.rand(1, 5, 7, 6, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+            w, b = torch.randn(4, 5, 3, 3, generator=gen).to(dtype), torch.randn(4, generator=gen).to(dtype)
+            ours = _mkldnn_conv(x, _pack(w), b, 1)
+            if not torch.allclose(ours.float(), F.conv2d(x, w, b, padding=1).float(), rtol=1e-2, atol=1e-2):
+                return False
+        return True
+    except (RuntimeError, AttributeError, NotImplementedError):  # no oneDNN, or an op this torch lacks
+        return False
+
+
+class FrozenConv2d(nn.Conv2d):
+    """A 3×3 convolution of the frozen network, zero-padded; :class:`EdgeConv2d` pads with the edge.
+
+    On a CPU, for channels_last inputs in bf16 or fp32, it runs on weights packed once in oneDNN's
+    layout (:class:`_PackedConv`, the same values): torch's convolution reorders the weights at every
+    call (under autocast it casts them first), about a seventh of a bf16 step at 256 px. The packed copy
+    is remade when the weights change and dropped when the module moves. Elsewhere (GPU, MPS, float64,
+    NCHW, ``torch.compile``, trainable weights) it is torch's convolution.
+    """
+
+    edge = False  # EdgeConv2d: the input is padded with its edge pixels
+
+    def __init__(self, cin: int, cout: int, padding_mode: str = "zeros") -> None:
+        super().__init__(cin, cout, 3, padding=1, padding_mode=padding_mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+        if (x.device.type != "cpu" or dtype not in (torch.bfloat16, torch.float32) or self.weight.requires_grad
+                or torch.compiler.is_compiling() or not x.is_contiguous(memory_format=torch.channels_last)
+                or not packed_conv_available()):
+            return super().forward(x)
+        x = x.to(dtype)
+        if self.edge:
+            x = EdgePad.apply(x)
+        packed, packed_t, bias = self._packed(dtype)
+        return _PackedConv.apply(x, packed, packed_t, bias, 0 if self.edge else 1)
+
+    def _packed(self, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        w, b = self.weight, self.bias
+        key = (dtype, w.data_ptr(), w._version, b.data_ptr(), b._version)
+        kept = self.__dict__.get("_packed_weights")  # a plain attribute: not a buffer, never saved
+        if kept is None or kept[0] != key:
+            with torch.no_grad():
+                wd = w.to(dtype)
+                kept = (key, _pack(wd), _pack(wd.transpose(0, 1).flip(2, 3).contiguous()), b.to(dtype))
+            self.__dict__["_packed_weights"] = kept
+        return kept[1:]
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cpu(), .cuda(): the packed copy would be stale
+        self.__dict__.pop("_packed_weights", None)
+        return super()._apply(fn, *args, **kwargs)
+
+
+class EdgeConv2d(FrozenConv2d):
     """A 3×3 convolution padded by repeating the edge pixels instead of zeros (:class:`EdgePad`).
 
     Zero padding makes every layer's border activations unlike the interior's; the optimiser answers
@@ -73,8 +164,10 @@ class EdgeConv2d(nn.Conv2d):
     Under ``torch.compile`` the pad is built from slices (inductor cannot lower a custom backward).
     """
 
+    edge = True
+
     def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(cin, cout, 3, padding=1, padding_mode="replicate")
+        super().__init__(cin, cout, "replicate")
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias) -> torch.Tensor:
         if torch.compiler.is_compiling():
@@ -106,7 +199,7 @@ def build_features(arch: str, pooling: str = "max", padding: str = "replicate") 
     for name in layer_names(arch):
         if name.startswith("conv"):
             cout = BLOCK_CHANNELS[int(name[4]) - 1]
-            mods.append(EdgeConv2d(cin, cout) if padding == "replicate" else nn.Conv2d(cin, cout, 3, padding=1))
+            mods.append(EdgeConv2d(cin, cout) if padding == "replicate" else FrozenConv2d(cin, cout))
             cin = cout
         elif name.startswith("relu"):
             mods.append(nn.ReLU(inplace=True))

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from .extractor import Extractor
 from .flow import flow_and_mask, require_opencv, warp
 from .image import as_rgb_batch, resize, resize_long_edge
-from .optimizer import (CancelFn, Init, PreviewFn, Progress, optimize, pyramid_sizes, smallest_scale,
+from .optimizer import (CancelFn, Init, PreviewFn, Progress, optimize, pyramid,
                         steps_per_scale, style_regions, validate_settings)
 from .presets import Settings
 from .targets import ContentTarget, StyleTarget
@@ -134,7 +134,7 @@ def _check_weight(value: float) -> float:
 
 def steps_per_frame(extractor: Extractor, settings: Settings, hw: Tuple[int, int], layers: Sequence[str]) -> int:
     """Iterations ``optimize`` runs for one frame of size ``hw`` (all its pyramid scales)."""
-    sizes = pyramid_sizes(tuple(hw), smallest_scale(settings, tuple(hw)), extractor.min_edge(list(layers)))
+    sizes = pyramid(settings, tuple(hw), extractor.min_edge(list(layers)))
     return sum(steps_per_scale(settings, sizes))
 
 

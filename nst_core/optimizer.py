@@ -59,12 +59,13 @@ Init = Union[str, torch.Tensor]
 Styles = Union[StyleTarget, Sequence[StyleTarget], None]
 
 
-def pyramid_sizes(final_hw: Tuple[int, int], min_size: int, min_edge: int = 1) -> List[Tuple[int, int]]:
-    """Scales from small to ``final_hw`` in √2 steps of the long edge, none below ``min_size``."""
+def pyramid_sizes(final_hw: Tuple[int, int], min_size: int, min_edge: int = 1,
+                  step: float = math.sqrt(2)) -> List[Tuple[int, int]]:
+    """Scales from small to ``final_hw``, each long edge ``step`` times the one before, none below ``min_size``."""
     long_edge = max(final_hw)
     edges = [long_edge]
     while True:
-        nxt = round(edges[-1] / math.sqrt(2))
+        nxt = round(edges[-1] / step)
         hw = fit_long_edge(final_hw, nxt)
         if nxt < min_size or nxt >= edges[-1] or min(hw) < min_edge:  # (round(1/√2) is 1 again)
             break
@@ -79,6 +80,12 @@ def smallest_scale(settings: Settings, final_hw: Tuple[int, int]) -> int:
     the content layer to hold the picture together.
     """
     return max(settings.min_size, round(settings.pyramid_start * max(final_hw)))
+
+
+def pyramid(settings: Settings, final_hw: Tuple[int, int], min_edge: int = 1) -> List[Tuple[int, int]]:
+    """The run's scales for an output of ``final_hw``: :func:`pyramid_sizes` from :func:`smallest_scale`
+    in ``settings.pyramid_step`` steps."""
+    return pyramid_sizes(final_hw, smallest_scale(settings, final_hw), min_edge, settings.pyramid_step)
 
 
 def steps_per_scale(settings: Settings, sizes: Sequence[Tuple[int, int]]) -> List[int]:
@@ -178,6 +185,8 @@ def validate_settings(settings: Settings) -> None:
             raise ValueError(f"{name} must be a finite number ≥ 0; got {v}")
     if not (0 <= settings.pyramid_start <= 1):
         raise ValueError(f"pyramid_start must be in [0, 1] (a fraction of the output size); got {settings.pyramid_start}")
+    if not (1 < settings.pyramid_step < math.inf):
+        raise ValueError(f"pyramid_step must be a finite ratio > 1 between consecutive scales; got {settings.pyramid_step}")
     if settings.style_balance < 0:
         raise ValueError(f"style_balance must be at least 0 (0: a fixed style weight); got {settings.style_balance}")
     if not (0 < settings.lr_decay <= 1):
@@ -301,7 +310,7 @@ def optimize(
         )
     batch = content.image.shape[0] if content is not None else (
         init.shape[0] if isinstance(init, torch.Tensor) and init.dim() == 4 else 1)
-    sizes = pyramid_sizes(final_hw, smallest_scale(settings, final_hw), min_edge)
+    sizes = pyramid(settings, final_hw, min_edge)
     plan = steps_per_scale(settings, sizes)
     check_compile(settings, extractor.device)
     canvas = Canvas(final_hw, settings.margin)

@@ -20,7 +20,7 @@ from .image import fit_long_edge
 from .layers import min_input_edge
 from .memory import (device_free_bytes, estimate_bytes, fit_settings, is_auto_tile, required_bytes, tiled_bytes,
                      usable_bytes)
-from .optimizer import pyramid_sizes, smallest_scale, steps_per_scale
+from .optimizer import pyramid, steps_per_scale
 from .precision import algebra_choice
 from .presets import TILE_OFF, Settings
 
@@ -154,7 +154,7 @@ def rough_seconds(plan: Plan, per_iteration: float, timed_hw: Tuple[int, int]) -
 
     s = plan.settings
     min_edge = min_input_edge(plan.arch, plan.layers) if plan.layers else 1
-    sizes = pyramid_sizes(plan.hw, smallest_scale(s, plan.hw), min_edge)
+    sizes = pyramid(s, plan.hw, min_edge)
     unit = per_iteration / (timed_hw[0] * timed_hw[1])
     total = 0.0
     for hw, steps in zip(sizes, steps_per_scale(s, sizes)):

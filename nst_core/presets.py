@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -24,6 +25,7 @@ class Settings:
     coarse_steps: Optional[int] = None
     min_size: int = 128  # smallest pyramid long edge; ≥ the output size means a single scale
     pyramid_start: float = 0.0  # smallest scale as a fraction of the output's long edge (the larger wins)
+    pyramid_step: float = math.sqrt(2)  # the ratio of consecutive scales' long edges (> 1)
     lr: float = 0.02  # Adam learning rate at the first scale (image values are in 0..1)
     lr_decay: float = 1.0  # Adam: the learning rate is multiplied by this at each larger scale
     ema_decay: float = 0.99  # Adam: the output is the bias-corrected running average of the iterates
@@ -40,7 +42,7 @@ class Settings:
     lbfgs_history: int = 100  # upper bound; also bounded by image size (``lbfgs_memory_mb``)
     lbfgs_memory_mb: int = 1024
     seed: int = 0
-    # at the pyramid scales after the first, blocks 4–5 (deep style layers, relu4_2 content) see the image
+    # at the pyramid scales after the first, blocks 3–5 (relu3_1 on, relu4_2 content) see the image
     # resized by this factor, to a long edge of at least coarse_min_size (coarse.py); 1: every layer at
     # the full size
     coarse_scale: float = 1.0
@@ -118,15 +120,15 @@ PRESETS: Dict[str, Preset] = {
     "quality": Preset(
         name="quality",
         description="The default: mean/covariance (W2) style loss with a style weight balanced for the "
-        "pair, relu4_2 content, Adam with an averaged iterate over a √2 pyramid from half the output size "
-        "(at least 128 px), blocks 4–5 at half size (at least 256 px) after the first scale, an 8 px margin "
-        "around the output cut off at the end, content init; "
+        "pair, relu4_2 content, Adam with an averaged iterate over a pyramid of ×2 steps from half the "
+        "output size (at least 128 px), blocks 3–5 at half size (at least 256 px) after the first scale, an "
+        "8 px margin around the output cut off at the end, content init; "
         "strong style, legible content.",
         style_layer_weights=STYLE_LAYER_WEIGHTS,
-        settings=Settings(optimizer="adam", steps=40, first_steps=70, min_size=128, pyramid_start=0.5, lr=0.05,
-                          lr_decay=0.6, ema_decay=0.9, content_weight=0.25, style_weight=25.0, tv_weight=2.0,
-                          style_balance=1.0, transport_every=7, coarse_scale=0.5, coarse_steps=30,
-                          margin=8),
+        settings=Settings(optimizer="adam", steps=80, first_steps=70, min_size=128, pyramid_start=0.5,
+                          pyramid_step=2.0, lr=0.05, lr_decay=0.6, ema_decay=0.9, content_weight=0.25,
+                          style_weight=25.0, tv_weight=2.0, style_balance=1.0, transport_every=7,
+                          coarse_scale=0.5, coarse_steps=45, margin=8),
     ),
 }
 

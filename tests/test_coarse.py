@@ -13,7 +13,7 @@ from nst_core.optimizer import validate_settings
 from nst_core.presets import Settings
 from nst_core.targets import ContentTarget, StyleTarget
 
-FINE, DEEP = ("relu1_1", "relu2_1", "relu3_1"), ("relu4_1", "relu5_1")
+FINE, DEEP = ("relu1_1", "relu2_1"), ("relu3_1", "relu4_1", "relu5_1")
 WEIGHTS = (4.0, 2.0, 1.0, 1.0, 0.25)
 SETTINGS = Settings(tv_weight=1.0, style_weight=5.0, autocast_bf16=False, coarse_scale=0.5, coarse_min_size=16)
 
@@ -24,9 +24,9 @@ def _targets(ext, images, hw):
     return content, style
 
 
-def test_the_layers_from_block_4_on_are_coarse():
-    assert [is_coarse("vgg19", n) for n in FINE + DEEP + ("relu4_2", "conv5_1", "relu3_4", "pool3")] == \
-        [False, False, False, True, True, True, True, False, True]
+def test_the_layers_from_block_3_on_are_coarse():
+    assert [is_coarse("vgg19", n) for n in FINE + DEEP + ("relu4_2", "conv5_1", "relu2_2", "pool2", "conv3_1")] == \
+        [False, False, True, True, True, True, True, False, True, True]
     assert coarse_hw((91, 75), 0.5) == (46, 38)
 
 
@@ -51,8 +51,8 @@ def test_the_split_gradient_is_each_part_through_the_resize(rand_ext, images):
     parts = split.gradient(xs)
 
     total = sum(WEIGHTS)
-    fine = StyleTarget.create(rand_ext, images.checkerboard(64, 64), FINE, WEIGHTS[:3], weight=sum(WEIGHTS[:3]) / total)
-    deep = StyleTarget.create(rand_ext, images.checkerboard(64, 64), DEEP, WEIGHTS[3:], weight=sum(WEIGHTS[3:]) / total)
+    fine = StyleTarget.create(rand_ext, images.checkerboard(64, 64), FINE, WEIGHTS[:2], weight=sum(WEIGHTS[:2]) / total)
+    deep = StyleTarget.create(rand_ext, images.checkerboard(64, 64), DEEP, WEIGHTS[2:], weight=sum(WEIGHTS[2:]) / total)
     xr = x.clone().requires_grad_(True)
     ref_fine = Objective(rand_ext, SETTINGS, hw, None, (fine,)).gradient(xr)
     ref_deep = Objective(rand_ext, SETTINGS.replace(tv_weight=0.0), small, content, (deep,)).gradient(resize(xr, small))
@@ -95,7 +95,7 @@ def test_the_split_is_made_only_where_it_has_both_sides(rand_ext, images):
     assert isinstance(scale_objective(rand_ext, SETTINGS, small_hw, content, (style,), first=False), SplitObjective)
     deep_only = StyleTarget.create(rand_ext, images.checkerboard(64, 64), DEEP)
     assert isinstance(scale_objective(rand_ext, SETTINGS, hw, content, (deep_only,), first=False), Objective)
-    shallow_content = ContentTarget.create(rand_ext, images.gradient(*hw), "relu3_1")
+    shallow_content = ContentTarget.create(rand_ext, images.gradient(*hw), "relu2_1")
     obj = scale_objective(rand_ext, SETTINGS, hw, shallow_content, (style,), first=False)
     assert obj.fine.content is shallow_content and obj.coarse.content is None
     assert sorted(obj.fine.layers) == sorted(FINE) and sorted(obj.coarse.layers) == sorted(DEEP)

@@ -11,7 +11,8 @@ from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
 import nst_core
-from nst_core.extractor import EdgeConv2d, EdgePad, ScaledAvgPool2d, build_features
+from nst_core import extractor as extractor_module
+from nst_core.extractor import EdgeConv2d, EdgePad, FrozenConv2d, ScaledAvgPool2d, build_features, packed_conv_available
 from nst_core.layers import layer_index
 from nst_core.weights import CAFFE_MEAN_BGR, IMAGENET_MEAN, IMAGENET_STD, LoadedWeights, load_random
 
@@ -163,6 +164,75 @@ def test_the_compiled_edge_pad_is_the_eager_one(monkeypatch):
     sliced = conv(x)
     (g_sliced,) = torch.autograd.grad(sliced.square().sum(), x)
     assert torch.allclose(eager, sliced, atol=1e-6) and torch.allclose(g_eager, g_sliced, atol=1e-5)
+
+
+needs_packing = pytest.mark.skipif(not packed_conv_available(), reason="this torch has no oneDNN convolution")
+
+
+def _conv_and_grad(conv: nn.Module, x: torch.Tensor, g: torch.Tensor, bf16: bool):
+    x = x.detach().clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = conv(x)
+    (grad,) = torch.autograd.grad(out, x, g.to(out.dtype))
+    return out, grad
+
+
+@needs_packing
+@pytest.mark.parametrize("edge", [True, False])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_packed_convolution_is_torchs(edge, bf16):
+    """On the CPU in channels_last the weights are packed once (oneDNN's layout): the same values as torch's
+    convolution (bit for bit), the input's gradient within the dtype's rounding, bf16 out under autocast."""
+    torch.manual_seed(0)
+    conv = EdgeConv2d(16, 8) if edge else FrozenConv2d(16, 8)
+    conv.requires_grad_(False)
+    x = torch.randn(2, 16, 11, 13).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(2, 8, 11, 13).contiguous(memory_format=torch.channels_last)
+    out, grad = _conv_and_grad(conv, x, g, bf16)
+    assert "_packed_weights" in conv.__dict__
+    pad = (lambda t: F.pad(t, (1, 1, 1, 1), mode="replicate")) if edge else (lambda t: F.pad(t, (1, 1, 1, 1)))
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    ref_x = x.detach().clone().requires_grad_(True)
+    ref = F.conv2d(pad(ref_x.to(dtype)), conv.weight.to(dtype), conv.bias.to(dtype))
+    (ref_grad,) = torch.autograd.grad(ref, ref_x, g.to(dtype))
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, ref)
+    tol = 2e-2 if bf16 else 1e-5
+    assert float((grad - ref_grad).norm() / ref_grad.norm()) < tol
+
+
+@needs_packing
+def test_the_packed_weights_are_made_once_and_follow_the_weights():
+    """Kept between calls; remade after an in-place change (load_state_dict); dropped when the module moves."""
+    conv = FrozenConv2d(4, 6).requires_grad_(False)
+    x = torch.randn(1, 4, 9, 9).contiguous(memory_format=torch.channels_last)
+    conv(x)
+    kept = conv.__dict__["_packed_weights"]
+    conv(x)
+    assert conv.__dict__["_packed_weights"] is kept
+    with torch.no_grad():
+        conv.weight.mul_(2)
+        conv.bias.zero_()
+    assert torch.allclose(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1), atol=1e-5)
+    assert conv.__dict__["_packed_weights"] is not kept
+    conv.to(torch.float32)
+    assert "_packed_weights" not in conv.__dict__
+
+
+@pytest.mark.parametrize("case", ["nchw", "float64", "trainable", "unavailable"])
+def test_torchs_convolution_where_the_packed_one_does_not_apply(case, monkeypatch):
+    """NCHW or float64 inputs, trainable weights, a torch without oneDNN: torch's convolution, the same values."""
+    conv = FrozenConv2d(3, 4).requires_grad_(case == "trainable")
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64 if case == "float64" else torch.float32)
+    if case != "nchw":
+        x = x.contiguous(memory_format=torch.channels_last)
+    if case == "float64":
+        conv = conv.double()
+    if case == "unavailable":
+        monkeypatch.setattr(extractor_module, "packed_conv_available", lambda: False)
+    out = conv(x)
+    assert "_packed_weights" not in conv.__dict__
+    assert torch.allclose(out, F.conv2d(x, conv.weight, conv.bias, padding=1), atol=1e-6)
 
 
 @pytest.mark.parametrize("hw", [(1, 1), (1, 5), (6, 1), (2, 2), (7, 9)])

@@ -13,7 +13,7 @@ import nst_core
 from nst_core import Cancelled, ContentTarget, Progress, Settings, StyleTarget, optimize, pyramid_sizes
 from nst_core.image import fit_long_edge
 from nst_core.losses import content_loss, style_loss, tv_loss
-from nst_core.optimizer import AveragedIterate, steps_per_scale
+from nst_core.optimizer import AveragedIterate, pyramid, steps_per_scale
 from nst_core.presets import get_preset
 
 LAYERS = ("relu1_1", "relu2_1", "relu3_1")
@@ -72,18 +72,19 @@ def test_pyramid_single_scale_when_min_size_is_large():
     assert pyramid_sizes((48, 64), 500) == [(48, 64)]
 
 
-@given(h=hs.integers(16, 700), w=hs.integers(16, 700), min_size=hs.integers(16, 400), min_edge=hs.sampled_from([1, 4, 16]))
-def test_pyramid_sizes_properties(h, w, min_size, min_edge):
-    sizes = pyramid_sizes((h, w), min_size, min_edge)
+@given(h=hs.integers(16, 700), w=hs.integers(16, 700), min_size=hs.integers(16, 400), min_edge=hs.sampled_from([1, 4, 16]),
+       step=hs.sampled_from([math.sqrt(2), 2.0, 1.25]))
+def test_pyramid_sizes_properties(h, w, min_size, min_edge, step):
+    sizes = pyramid_sizes((h, w), min_size, min_edge, step)
     assert sizes[-1] == (h, w)
     edges = [max(hw) for hw in sizes]
     assert edges == sorted(set(edges))  # strictly ascending
     for small, big in zip(edges, edges[1:]):
-        assert 1.3 < big / small < 1.55  # √2 steps (with rounding)
+        assert abs(big / small - step) < 0.6 / small * step  # step × (with rounding)
     if len(sizes) > 1:
         assert min(edges) >= min_size  # none below min_size (only the final size itself may be)
-    # and it goes as low as allowed: one more √2 step would break a limit
-    nxt = round(min(edges) / math.sqrt(2))
+    # and it goes as low as allowed: one more step would break a limit
+    nxt = round(min(edges) / step)
     assert nxt < min_size or min(fit_long_edge((h, w), nxt)) < min_edge
     for hw in sizes[:-1]:
         assert hw == fit_long_edge((h, w), max(hw))  # aspect kept
@@ -97,10 +98,15 @@ def test_steps_per_scale():
     assert steps_per_scale(Settings(steps=5, first_steps=9), three[-1:]) == [5]
     # the later scales with a coarse copy (here: 512 px and 362 px, whose deep layers see 256 px) get coarse_steps
     quality = get_preset("quality").settings
-    assert steps_per_scale(quality, [(192, 256), (272, 362), (384, 512)]) == [70, 30, 30]
-    assert steps_per_scale(quality, [(96, 128), (136, 181), (192, 256)]) == [70, 40, 40]  # 256 px: no copy
-    assert steps_per_scale(quality.replace(coarse_scale=1.0), [(192, 256), (272, 362), (384, 512)]) == [70, 40, 40]
-    assert quality.replace(steps=80).coarse_steps == 60  # the preset's ratios kept
+    assert steps_per_scale(quality, [(192, 256), (272, 362), (384, 512)]) == [70, 45, 45]
+    assert steps_per_scale(quality, [(96, 128), (136, 181), (192, 256)]) == [70, 80, 80]  # 256 px: no copy
+    assert steps_per_scale(quality.replace(coarse_scale=1.0), [(192, 256), (272, 362), (384, 512)]) == [70, 80, 80]
+    assert quality.replace(steps=40).coarse_steps == 22  # the preset's ratios kept (45 × 40 / 80)
+    # the quality pyramid: ×2 steps from half the output size
+    assert [max(hw) for hw in pyramid(quality, (384, 512))] == [256, 512]
+    assert [max(hw) for hw in pyramid(quality, (192, 256))] == [128, 256]
+    assert steps_per_scale(quality, pyramid(quality, (384, 512))) == [70, 45]
+    assert steps_per_scale(quality, pyramid(quality, (192, 256))) == [70, 80]
 
 
 def test_averaged_iterate_is_the_bias_corrected_ema():
@@ -500,6 +506,29 @@ def test_the_pyramid_starts_at_a_fraction_of_the_output_size():
 
     with pytest.raises(ValueError, match="pyramid_start"):
         validate_settings(Settings(pyramid_start=1.5))
+
+
+@pytest.mark.parametrize("step", [1.0, 0.5, float("inf"), float("nan")])
+def test_a_pyramid_step_of_at_most_1_or_not_finite_is_refused(step):
+    from nst_core.optimizer import validate_settings
+
+    with pytest.raises(ValueError, match="pyramid_step must be a finite ratio > 1"):
+        validate_settings(Settings(pyramid_step=step))
+
+
+def test_the_run_the_plan_and_the_frames_follow_the_pyramid_step(rand_ext, content, style):
+    """pyramid_step=2 from a 32 px start to 128 px: scales of 32, 64 and 128 px in the run and in the
+    frames' count of iterations (both through :func:`nst_core.optimizer.pyramid`, as the plan)."""
+    from nst_core.frames import steps_per_frame
+
+    s = Settings(steps=1, min_size=32, pyramid_step=2.0, autocast_bf16=False)
+    assert [max(hw) for hw in pyramid(s, (96, 128))] == [32, 64, 128]
+    assert [max(hw) for hw in pyramid(s.replace(pyramid_step=math.sqrt(2)), (96, 128))] == [32, 45, 64, 91, 128]
+    assert steps_per_frame(rand_ext, s, (96, 128), LAYERS) == 3
+    assert steps_per_frame(rand_ext, s.replace(pyramid_step=math.sqrt(2)), (96, 128), LAYERS) == 5
+    seen = []
+    optimize(rand_ext, content, style, settings=s, size=128, progress=lambda p: seen.append(max(p.size)))
+    assert seen == [32, 64, 128]
 
 
 # --------------------------------------------------------------------------- Adam across the pyramid

@@ -2,13 +2,17 @@
 
 TF32 keeps fp32's exponent and 10 of its 23 mantissa bits. Inside ``with TF32():`` every fp32 input of
 mm, bmm, addmm, baddbmm, matmul-like and convolution ops (forward and backward) is rounded to nearest
-at that precision before the op runs, as tensor cores do; float64 ops are left alone, as on a GPU.
+at that precision before the op runs, as tensor cores do; float64 ops are left alone, as on a GPU. The
+network takes torch's own convolution there, as on a GPU (not the CPU's packed oneDNN one, whose
+weights are opaque to the rounding).
 """
 
 from __future__ import annotations
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from nst_core import extractor
 
 aten = torch.ops.aten
 MATMUL_OPS = {
@@ -37,6 +41,16 @@ class TF32(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.rounded = 0
+        self._packed = None
+
+    def __enter__(self):  # noqa: D105
+        self._packed = extractor.packed_conv_available
+        extractor.packed_conv_available = lambda: False
+        return super().__enter__()
+
+    def __exit__(self, *exc):  # noqa: D105
+        extractor.packed_conv_available = self._packed
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
         kwargs = kwargs or {}
