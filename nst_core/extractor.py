@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -96,21 +97,30 @@ class _PackedConv(torch.autograd.Function):
             return _mkldnn_conv(g, ctx.packed_t, None, 2 - ctx.pad), None, None, None, None
 
 
+#: each FrozenConv2d's packed weights (key, forward, for the input's gradient, bias), kept outside the
+#: module: a deep copy or a pickle of the network never meets oneDNN's opaque tensors
+PACKED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
 @functools.lru_cache(maxsize=None)
 def packed_conv_available() -> bool:
     """Whether this torch's oneDNN runs :class:`_PackedConv` and gives torch's own convolution (checked
-    once on a small case, in bf16 and fp32)."""
+    once on a small case, in bf16 and fp32, outside any autocast: the answer must not depend on where
+    the first call comes from)."""
     try:
         gen = torch.Generator().manual_seed(0)
-        for dtype in (torch.bfloat16, torch.float32):
-            x = torch.rand(1, 5, 7, 6, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
-            w, b = torch.randn(4, 5, 3, 3, generator=gen).to(dtype), torch.randn(4, generator=gen).to(dtype)
-            ours = _mkldnn_conv(x, _pack(w), b, 1)
-            if not torch.allclose(ours.float(), F.conv2d(x, w, b, padding=1).float(), rtol=1e-2, atol=1e-2):
-                return False
-        return True
+        with torch.autocast("cpu", enabled=False), torch.no_grad():
+            return all(_probe(dtype, gen) for dtype in (torch.bfloat16, torch.float32))
     except (RuntimeError, AttributeError, NotImplementedError):  # no oneDNN, or an op this torch lacks
         return False
+
+
+def _probe(dtype: torch.dtype, gen: torch.Generator) -> bool:
+    x = torch.rand(1, 5, 7, 6, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(4, 5, 3, 3, generator=gen).to(dtype), torch.randn(4, generator=gen).to(dtype)
+    ours = _mkldnn_conv(x, _pack(w), b, 1)
+    return ours.dtype == dtype and torch.allclose(ours.float(), F.conv2d(x, w, b, padding=1).float(),
+                                                  rtol=1e-2, atol=1e-2)
 
 
 class FrozenConv2d(nn.Conv2d):
@@ -143,16 +153,16 @@ class FrozenConv2d(nn.Conv2d):
     def _packed(self, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         w, b = self.weight, self.bias
         key = (dtype, w.data_ptr(), w._version, b.data_ptr(), b._version)
-        kept = self.__dict__.get("_packed_weights")  # a plain attribute: not a buffer, never saved
+        kept = PACKED.get(self)
         if kept is None or kept[0] != key:
             with torch.no_grad():
                 wd = w.to(dtype)
                 kept = (key, _pack(wd), _pack(wd.transpose(0, 1).flip(2, 3).contiguous()), b.to(dtype))
-            self.__dict__["_packed_weights"] = kept
+            PACKED[self] = kept
         return kept[1:]
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .cpu(), .cuda(): the packed copy would be stale
-        self.__dict__.pop("_packed_weights", None)
+        PACKED.pop(self, None)
         return super()._apply(fn, *args, **kwargs)
 
 

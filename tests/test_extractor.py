@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import io
 import shutil
 
 import pytest
@@ -189,7 +191,7 @@ def test_the_packed_convolution_is_torchs(edge, bf16):
     x = torch.randn(2, 16, 11, 13).contiguous(memory_format=torch.channels_last)
     g = torch.randn(2, 8, 11, 13).contiguous(memory_format=torch.channels_last)
     out, grad = _conv_and_grad(conv, x, g, bf16)
-    assert "_packed_weights" in conv.__dict__
+    assert conv in extractor_module.PACKED
     pad = (lambda t: F.pad(t, (1, 1, 1, 1), mode="replicate")) if edge else (lambda t: F.pad(t, (1, 1, 1, 1)))
     dtype = torch.bfloat16 if bf16 else torch.float32
     ref_x = x.detach().clone().requires_grad_(True)
@@ -203,20 +205,36 @@ def test_the_packed_convolution_is_torchs(edge, bf16):
 
 @needs_packing
 def test_the_packed_weights_are_made_once_and_follow_the_weights():
-    """Kept between calls; remade after an in-place change (load_state_dict); dropped when the module moves."""
+    """Kept between calls; remade after an in-place change (load_state_dict); kept out of copies and pickles;
+    dropped when the module moves."""
     conv = FrozenConv2d(4, 6).requires_grad_(False)
     x = torch.randn(1, 4, 9, 9).contiguous(memory_format=torch.channels_last)
     conv(x)
-    kept = conv.__dict__["_packed_weights"]
+    kept = extractor_module.PACKED[conv]
     conv(x)
-    assert conv.__dict__["_packed_weights"] is kept
+    assert extractor_module.PACKED[conv] is kept
     with torch.no_grad():
         conv.weight.mul_(2)
         conv.bias.zero_()
     assert torch.allclose(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1), atol=1e-5)
-    assert conv.__dict__["_packed_weights"] is not kept
+    assert extractor_module.PACKED[conv] is not kept
+    copied = copy.deepcopy(conv)  # the packed copy stays outside: deep copies and pickles work
+    assert torch.equal(copied(x), conv(x))
+    torch.save(conv, io.BytesIO())
     conv.to(torch.float32)
-    assert "_packed_weights" not in conv.__dict__
+    assert conv not in extractor_module.PACKED
+
+
+def test_the_packed_convolution_check_does_not_depend_on_where_it_is_first_asked():
+    """Asked first inside bf16 autocast (an optimisation step) or outside it (a target): the same answer,
+    so a run takes the same path, and gives the same bits, whichever came first."""
+    answers = []
+    for inside in (False, True):
+        packed_conv_available.cache_clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=inside):
+            answers.append(packed_conv_available())
+    packed_conv_available.cache_clear()
+    assert answers[0] == answers[1] == packed_conv_available()
 
 
 @pytest.mark.parametrize("case", ["nchw", "float64", "trainable", "unavailable"])
@@ -231,7 +249,7 @@ def test_torchs_convolution_where_the_packed_one_does_not_apply(case, monkeypatc
     if case == "unavailable":
         monkeypatch.setattr(extractor_module, "packed_conv_available", lambda: False)
     out = conv(x)
-    assert "_packed_weights" not in conv.__dict__
+    assert conv not in extractor_module.PACKED
     assert torch.allclose(out, F.conv2d(x, conv.weight, conv.bias, padding=1), atol=1e-6)
 
 
