@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import platform
 import resource
@@ -21,6 +22,23 @@ def image_path(name: str) -> str:
     if not os.path.isfile(path):
         raise SystemExit(f"benchmark image {name!r} not found in {IMAGES}; set NST_BENCH_IMAGES to a folder with it")
     return path
+
+
+def output_name(content: str, style: str, size: int) -> str:
+    """The file name of a development-set output (``bench.devset --out``)."""
+    return f"{content}__{style}_{size}.png"
+
+
+def devset_outputs(folder: str) -> List[Tuple[str, str, str, int]]:
+    """(path, content, style, size) of each :func:`output_name` file in ``folder``, or a clear error."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(folder, "*__*_*.png"))):
+        content, rest = os.path.basename(path)[:-len(".png")].split("__", 1)
+        style, size = rest.rsplit("_", 1)
+        found.append((path, content, style, int(size)))
+    if not found:
+        raise SystemExit(f"no outputs (content__style_SIZE.png) in {folder}")
+    return found
 
 
 def bench_images(size: int, square: bool = False,

@@ -28,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .common import ROOT, describe_device, image_path, print_table
+from .common import ROOT, describe_device, image_path, output_name, print_table
 
 CONTENTS = ("tubingen", "golden_gate", "brad_pitt", "escher_sphere")
 STYLES = ("starry_night", "shipwreck", "picasso_selfport1907", "seated-nude")
@@ -107,7 +107,7 @@ def contact_sheet(results: Dict[str, Dict[str, float]], out_dir: str, size: int)
 
 
 def _output(out_dir: str, content: str, style: str, size: int) -> str:
-    return os.path.join(out_dir, f"{content}__{style}_{size}.png")
+    return os.path.join(out_dir, output_name(content, style, size))
 
 
 def run_set(size: int, preset: str, overrides: List[str], out_dir: str, jobs: int,

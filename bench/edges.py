@@ -13,7 +13,6 @@ edges' median, 90th percentile and largest absolute value, and the interior's.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 from typing import Dict, List, Optional, Sequence
 
@@ -21,7 +20,7 @@ import torch
 
 from nst_core.image import load_image, resize
 
-from .common import image_path, print_table
+from .common import devset_outputs, image_path, print_table
 
 SPACING = 24  # px between the interior rows measured
 
@@ -48,14 +47,11 @@ def summarise(folder: str) -> Dict[str, object]:
     """One table row: the edges' and the interior's absolute lines over every output in ``folder``."""
     edges: List[float] = []
     inside: List[float] = []
-    outputs = sorted(glob.glob(os.path.join(folder, "*__*_*.png")))
-    for path in outputs:
-        content_name = os.path.basename(path).split("__")[0]
+    outputs = devset_outputs(folder)
+    for path, content_name, _, _ in outputs:
         out, content = load_image(path), load_image(image_path(f"{content_name}.jpg"))
         edges += [abs(v) for v in edge_lines(out, content).values()]
         inside += [abs(v) for v in interior_lines(out, content)]
-    if not outputs:
-        raise SystemExit(f"no outputs (content__style_SIZE.png) in {folder}")
     e, i = torch.tensor(edges), torch.tensor(inside)
     return {"run": os.path.basename(os.path.normpath(folder)), "outputs": len(outputs),
             "edge median": round(float(e.median()), 1), "edge p90": round(float(e.quantile(0.9)), 1),

@@ -18,7 +18,6 @@ with the images from ``NST_BENCH_IMAGES`` (or ../shared/images).
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 from functools import lru_cache
 from typing import Dict, List, Optional, Sequence
@@ -29,7 +28,7 @@ from nst_core.extractor import Extractor, load_extractor
 from nst_core.image import load_image, resize
 from nst_core.statistics import gram
 
-from .common import image_path, print_table
+from .common import devset_outputs, image_path, print_table
 
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_LAYER = "relu4_2"
@@ -102,13 +101,8 @@ def _fit(hw) -> tuple:
 def score_folder(folder: str, border: int = 0) -> Dict[str, Dict[str, float]]:
     """Each output ``content__style_SIZE.png`` in ``folder`` scored against its inputs, by pair."""
     scores = {}
-    outputs = sorted(glob.glob(os.path.join(folder, "*__*_*.png")))
-    if not outputs:
-        raise SystemExit(f"no outputs (content__style_SIZE.png) in {folder}")
-    for path in outputs:
-        content, rest = os.path.basename(path)[:-len(".png")].split("__", 1)
-        style, size = rest.rsplit("_", 1)
-        c = load_image(image_path(f"{content}.jpg"), int(size))
+    for path, content, style, size in devset_outputs(folder):
+        c = load_image(image_path(f"{content}.jpg"), size)
         s = load_image(image_path(f"{style}.jpg"))
         scores[f"{content}×{style}"] = Referee(c, s).score(load_image(path), border)
     return scores
